@@ -1,0 +1,34 @@
+"""mcdiff: Monte Carlo uncertainty quantification of diffusion models.
+
+Estimate expectations of image statistics under a diffusion model with confidence
+intervals, using noise designs (antithetic pairs, scrambled Sobol' RQMC) that narrow those
+intervals per model evaluation.
+"""
+
+from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
+from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
+from mcdiff.results import format_table, load_result, save_result, to_arviz
+from mcdiff.runner import estimate
+from mcdiff.samplers import DiffusionSampler, GaussianSampler, Sampler
+
+__all__ = [
+    "Antithetic",
+    "Design",
+    "DiffusionSampler",
+    "GaussianSampler",
+    "MonteCarlo",
+    "Sampler",
+    "SobolRQMC",
+    "Statistic",
+    "brightness",
+    "centroid",
+    "contrast",
+    "estimate",
+    "format_table",
+    "get_design",
+    "get_statistic",
+    "load_result",
+    "pixel_mean",
+    "save_result",
+    "to_arviz",
+]

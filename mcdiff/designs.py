@@ -1,0 +1,346 @@
+"""Noise designs: how the standard-normal noise of each model evaluation is drawn.
+
+A design turns ``(seed, design, address)`` into the noise of one evaluation, for every named
+noise component a sampler declares (``{"x_T": (C, H, W), "steps": (T, C, H, W)}``). Noise is
+a pure function of those three things, so reruns, resumed runs and any split of the work
+into batches or shards give bit-identical draws. Every evaluation is marginally N(0, I).
+
+Each evaluation also carries a *group id*: the unit the estimator averages before it forms
+a confidence interval (an evaluation for plain MC, a pair for antithetic sampling, a
+replicate for randomized QMC). See :mod:`mcdiff.estimators`.
+
+=============  ===========================  ==========================================
+name           class                        group
+=============  ===========================  ==========================================
+``mc``         :class:`MonteCarlo`          one evaluation
+``amc``        :class:`Antithetic`          a pair (z, -z)
+``rqmc``       :class:`SobolRQMC`           a replicate of 2^m scrambled Sobol' points
+``amc-rqmc``   ``SobolRQMC(antithetic=1)``  a replicate of 2^m pairs (u, 1 - u)
+=============  ===========================  ==========================================
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import numpy as np
+from scipy import fft
+from scipy.special import ndtri
+from scipy.stats import qmc
+
+NoiseSpec = Mapping[str, tuple[int, ...]]
+"""Per-evaluation noise shapes by component name, as a sampler declares them."""
+
+SOBOL_MAX_DIM = 21201
+"""The largest dimension of scipy's Sobol' direction numbers."""
+
+_SOBOL_BITS = 30
+_TAGS = {"mc": 0, "amc": 1, "rqmc": 2, "amc-rqmc": 3}
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    """Independent stream for ``(seed, *key)``: the single place that seeds randomness."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=key))
+
+
+def check_seed(seed: int) -> int:
+    """Return ``seed`` if it is a non-negative integer, else raise ``ValueError``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+def noise_dim(spec: NoiseSpec) -> int:
+    """Total number of noise coordinates of one evaluation."""
+    return sum(math.prod(shape) for shape in spec.values())
+
+
+def _split(flat: np.ndarray, spec: NoiseSpec) -> dict[str, np.ndarray]:
+    """Cut ``(B, D)`` flat noise into components ``{name: (B, *shape)}`` in declared order."""
+    out, start = {}, 0
+    for name, shape in spec.items():
+        size = math.prod(shape)
+        out[name] = flat[:, start : start + size].reshape(len(flat), *shape)
+        start += size
+    return out
+
+
+class Design(ABC):
+    """A rule for drawing the noise of evaluations ``0 .. n_evals - 1``.
+
+    Subclasses define :attr:`name`, :attr:`unit` (how many consecutive evaluations must
+    stay in one batch: 2 for a pair) and the three methods below.
+    """
+
+    name: str
+    unit: int = 1
+
+    @abstractmethod
+    def check_n(self, n_evals: int) -> None:
+        """Raise ``ValueError`` unless ``n_evals`` is a valid number of evaluations."""
+
+    @abstractmethod
+    def group_ids(self, n_evals: int) -> np.ndarray:
+        """Group id of every evaluation, shape ``(n_evals,)``; groups are equally sized."""
+
+    @abstractmethod
+    def _draw_flat(self, dim: int, seed: int, start: int, stop: int, n_evals: int) -> np.ndarray:
+        """Flat noise ``(stop - start, dim)`` of evaluations ``start .. stop - 1``."""
+
+    def draw(
+        self, spec: NoiseSpec, seed: int, start: int, stop: int, n_evals: int
+    ) -> dict[str, np.ndarray]:
+        """Noise of evaluations ``start .. stop - 1`` of a run of ``n_evals``.
+
+        Returns ``{name: array (stop - start, *shape)}`` of float64 for every component of
+        ``spec``. The result depends only on ``(seed, design, address)``.
+        """
+        seed = check_seed(seed)
+        self.check_n(n_evals)
+        if not 0 <= start <= stop <= n_evals:
+            raise ValueError(f"addresses [{start}, {stop}) are outside [0, {n_evals})")
+        return _split(self._draw_flat(noise_dim(spec), seed, start, stop, n_evals), spec)
+
+    def describe(self, spec: NoiseSpec) -> str:
+        """One line saying how the noise of ``spec`` is drawn (stored in results)."""
+        return self.name
+
+    def _check_count(self, n_evals: int, minimum: int) -> None:
+        if isinstance(n_evals, bool) or not isinstance(n_evals, (int, np.integer)):
+            raise ValueError(f"n_evals must be an integer, got {n_evals!r}")
+        if n_evals < minimum:
+            raise ValueError(
+                f"n_evals={n_evals} is too small for design {self.name!r}: it needs at least "
+                f"{minimum} evaluations to estimate a standard error"
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class MonteCarlo(Design):
+    """Plain Monte Carlo: independent N(0, I) noise for every evaluation."""
+
+    name = "mc"
+
+    def check_n(self, n_evals: int) -> None:
+        self._check_count(n_evals, 2)
+
+    def group_ids(self, n_evals: int) -> np.ndarray:
+        self.check_n(n_evals)
+        return np.arange(n_evals)
+
+    def _draw_flat(self, dim, seed, start, stop, n_evals):
+        tag = _TAGS[self.name]
+        return np.stack([_rng(seed, tag, a).standard_normal(dim) for a in range(start, stop)])
+
+
+class Antithetic(Design):
+    """Antithetic pairs: evaluations ``2j`` and ``2j + 1`` receive ``z_j`` and ``-z_j``.
+
+    For a stochastic sampler ``z_j`` is the whole noise path (initial and injected noise),
+    so the partner negates every component.
+    """
+
+    name = "amc"
+    unit = 2
+
+    def check_n(self, n_evals: int) -> None:
+        self._check_count(n_evals, 4)
+        if n_evals % 2:
+            raise ValueError(
+                f"n_evals={n_evals} is odd, but antithetic design {self.name!r} needs whole "
+                f"pairs: use an even number such as {n_evals - 1} or {n_evals + 1}"
+            )
+
+    def group_ids(self, n_evals: int) -> np.ndarray:
+        self.check_n(n_evals)
+        return np.arange(n_evals) // 2
+
+    def _draw_flat(self, dim, seed, start, stop, n_evals):
+        tag = _TAGS[self.name]
+        addresses = np.arange(start, stop)
+        pairs = {j: _rng(seed, tag, j).standard_normal(dim) for j in np.unique(addresses // 2)}
+        return np.stack([pairs[a // 2] * (1.0 if a % 2 == 0 else -1.0) for a in addresses])
+
+
+class SobolRQMC(Design):
+    """Randomized quasi-Monte Carlo: ``replicates`` independent scrambles of 2^m Sobol' points.
+
+    Each replicate scrambles a Sobol' sequence independently (linear matrix scrambling with
+    a digital shift, as in :class:`scipy.stats.qmc.Sobol`), shifts every point to the centre
+    of its cell of width 2^-30 so that no coordinate is 0 or 1, and maps it to N(0, I) by the
+    inverse normal CDF. The replicate means are independent and unbiased, which is what the
+    t-interval over replicates needs.
+
+    With ``antithetic=True`` every point ``u`` is followed by its reflection ``1 - u``; since
+    the cell centres are symmetric, the partner's noise is exactly ``-z``.
+
+    Sobol' points exist for at most :data:`SOBOL_MAX_DIM` coordinates. For larger noise
+    (``basis="auto"`` then picks ``"dct"``) the noise is written in an orthonormal DCT-II
+    basis per component, coordinates ordered low spatial frequency first and components in
+    declared order; the leading ``max_dim`` coordinates get Sobol' points and the rest get
+    pseudo-random (for ``antithetic``, negated with the partner) N(0, 1) noise.
+
+    Parameters
+    ----------
+    replicates : int
+        Number R >= 2 of independent scrambles; ``n_evals`` must be ``R * 2^m`` (times 2 with
+        ``antithetic``).
+    antithetic : bool
+        Pair every point with its reflection.
+    basis : {"auto", "pixel", "dct"}
+        Coordinates the Sobol' points are laid on.
+    max_dim : int
+        How many leading coordinates get Sobol' points (at most :data:`SOBOL_MAX_DIM`).
+
+    References
+    ----------
+    A. B. Owen, "Monte Carlo theory, methods and examples", ch. 17 (2013).
+    """
+
+    def __init__(
+        self,
+        replicates: int = 16,
+        antithetic: bool = False,
+        basis: str = "auto",
+        max_dim: int = SOBOL_MAX_DIM,
+    ):
+        if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)):
+            raise ValueError(f"replicates must be an integer >= 2, got {replicates!r}")
+        if replicates < 2:
+            raise ValueError(f"replicates must be >= 2 to estimate a standard error, got {replicates}")
+        if basis not in ("auto", "pixel", "dct"):
+            raise ValueError(f"basis must be 'auto', 'pixel' or 'dct', got {basis!r}")
+        if not 1 <= max_dim <= SOBOL_MAX_DIM:
+            raise ValueError(f"max_dim must be in [1, {SOBOL_MAX_DIM}], got {max_dim}")
+        self.replicates = int(replicates)
+        self.antithetic = bool(antithetic)
+        self.basis = basis
+        self.max_dim = int(max_dim)
+        self.name = "amc-rqmc" if antithetic else "rqmc"
+        self.unit = 2 if antithetic else 1
+
+    def __repr__(self) -> str:
+        return (
+            f"SobolRQMC(replicates={self.replicates}, antithetic={self.antithetic}, "
+            f"basis={self.basis!r}, max_dim={self.max_dim})"
+        )
+
+    def points_per_replicate(self, n_evals: int) -> int:
+        """Number of Sobol' points 2^m in each replicate for a run of ``n_evals``."""
+        self.check_n(n_evals)
+        return n_evals // (self.replicates * self.unit)
+
+    def check_n(self, n_evals: int) -> None:
+        block = self.replicates * self.unit
+        self._check_count(n_evals, block)
+        points = n_evals // block
+        if n_evals % block or points & (points - 1):
+            low = block * 2 ** int(math.log2(max(n_evals // block, 1)))
+            factor = f"{self.unit}·" if self.unit > 1 else ""
+            raise ValueError(
+                f"n_evals={n_evals} is not {factor}replicates·2^m for design {self.name!r} with "
+                f"replicates={self.replicates}: the nearest allowed values are {low} and {2 * low}"
+            )
+
+    def group_ids(self, n_evals: int) -> np.ndarray:
+        return np.arange(n_evals) // (self.points_per_replicate(n_evals) * self.unit)
+
+    def _resolved_basis(self, dim: int) -> str:
+        if self.basis == "auto":
+            return "pixel" if dim <= self.max_dim else "dct"
+        return self.basis
+
+    def describe(self, spec: NoiseSpec) -> str:
+        dim = noise_dim(spec)
+        lead = min(dim, self.max_dim)
+        text = (
+            f"{self.name}: {self.replicates} scrambled Sobol' replicates on the leading {lead} "
+            f"of {dim} coordinates in the {self._resolved_basis(dim)} basis"
+        )
+        if lead < dim:
+            kind = "antithetic pseudo-random" if self.antithetic else "pseudo-random"
+            text += f"; the other {dim - lead} are {kind}"
+        return text
+
+    def draw(self, spec, seed, start, stop, n_evals):
+        noise = super().draw(spec, seed, start, stop, n_evals)
+        if self._resolved_basis(noise_dim(spec)) == "dct":
+            noise = {name: _from_dct_coordinates(z) for name, z in noise.items()}
+        return noise
+
+    def _draw_flat(self, dim, seed, start, stop, n_evals):
+        tag = _TAGS[self.name]
+        lead = min(dim, self.max_dim)
+        per_replicate = self.points_per_replicate(n_evals) * self.unit
+        out = np.empty((stop - start, dim))
+        a = start
+        while a < stop:
+            r, offset = divmod(a, per_replicate)
+            b = min(stop, (r + 1) * per_replicate)
+            first, last = offset // self.unit, (b - 1 - r * per_replicate) // self.unit
+            engine = qmc.Sobol(d=lead, scramble=True, bits=_SOBOL_BITS, seed=_rng(seed, tag, r, 0))
+            if first:
+                engine.fast_forward(first)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # balance needs 2^m: we use 2^m
+                u = engine.random(last - first + 1) + 2.0 ** -(_SOBOL_BITS + 1)
+            z = np.empty((last - first + 1, dim))
+            z[:, :lead] = ndtri(u)
+            for k in range(first, last + 1):
+                if lead < dim:
+                    z[k - first, lead:] = _rng(seed, tag, r, 1, k).standard_normal(dim - lead)
+            addresses = np.arange(a, b) - r * per_replicate
+            points = z[addresses // self.unit - first]
+            if self.antithetic:
+                points[addresses % 2 == 1] *= -1.0
+            out[a - start : b - start] = points
+            a = b
+        return out
+
+
+def _frequency_order(shape: tuple[int, ...]) -> np.ndarray:
+    """Flat indices of a component's DCT coefficients, lowest spatial frequency first.
+
+    The last two axes are spatial (one for 1-d noise); ties keep flat order (step, channel).
+    """
+    if len(shape) == 0:
+        return np.zeros(1, dtype=int)
+    grids = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    frequency = sum(g for g in grids[-2:])
+    return np.argsort(frequency.ravel(), kind="stable")
+
+
+def _from_dct_coordinates(coefficients: np.ndarray) -> np.ndarray:
+    """Pixel noise ``(B, *shape)`` from DCT coefficients listed low frequency first.
+
+    ``coefficients.reshape(B, -1)[:, i]`` is the coefficient of the i-th lowest frequency;
+    the inverse orthonormal DCT-II over the spatial axes maps N(0, I) to N(0, I).
+    """
+    batch, shape = coefficients.shape[0], coefficients.shape[1:]
+    grid = np.empty((batch, math.prod(shape)))
+    grid[:, _frequency_order(shape)] = coefficients.reshape(batch, -1)
+    axes = tuple(range(1, len(shape) + 1))[-2:]
+    return fft.idctn(grid.reshape(batch, *shape), type=2, axes=axes, norm="ortho")
+
+
+DESIGN_NAMES = ("mc", "amc", "rqmc", "amc-rqmc")
+
+
+def get_design(design: str | Design) -> Design:
+    """Resolve ``"mc"``, ``"amc"``, ``"rqmc"``, ``"amc-rqmc"`` or a :class:`Design`."""
+    if isinstance(design, Design):
+        return design
+    factories = {
+        "mc": MonteCarlo,
+        "amc": Antithetic,
+        "rqmc": SobolRQMC,
+        "amc-rqmc": lambda: SobolRQMC(antithetic=True),
+    }
+    if design not in factories:
+        raise ValueError(f"unknown design {design!r}; known: {', '.join(DESIGN_NAMES)}")
+    return factories[design]()

@@ -1,0 +1,162 @@
+"""Result objects: the xarray DataTree with ``/summary`` and ``/draws``, saved to NetCDF or Zarr.
+
+Schema (see ARCHITECTURE.md):
+
+- ``/draws``: one variable per statistic, dims ``("design", "draw", *own_dims)``, with
+  coordinates ``group(design, draw)`` and ``address(draw)``: enough to recompute everything.
+- ``/summary``: one variable per statistic, dims ``("design", "summary", *own_dims)`` with
+  ``summary`` in :data:`~mcdiff.estimators.SUMMARY_FIELDS`, plus ``n_evals(design)`` and
+  ``nfe(design)``; attributes record the confidence level, model, sampler settings, seed and
+  mcdiff version.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from mcdiff.estimators import SUMMARY_FIELDS, relative_efficiency_vs_mc, summarize
+
+
+def mcdiff_version() -> str:
+    """Installed mcdiff version, or ``"unknown"`` when run from a bare source tree."""
+    try:
+        return metadata.version("mcdiff")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def summarize_draws(draws: xr.Dataset, confidence: float, nfe_per_eval: int = 1) -> xr.Dataset:
+    """The ``/summary`` Dataset computed from a ``/draws`` Dataset.
+
+    ``relative_efficiency_vs_mc`` is filled when design ``"mc"`` is among the designs.
+    """
+    designs = list(draws["design"].values)
+    summary = {}
+    for name, var in draws.data_vars.items():
+        own_dims = var.dims[2:]
+        rows = []
+        for design in designs:
+            values = var.sel(design=design).values
+            groups = draws["group"].sel(design=design).values
+            fields = summarize(values, groups, confidence)
+            rows.append(np.stack([fields[f] for f in SUMMARY_FIELDS]))
+        data = np.stack(rows)
+        if "mc" in designs:
+            width = SUMMARY_FIELDS.index("ci_width")
+            vs_mc = SUMMARY_FIELDS.index("relative_efficiency_vs_mc")
+            data[:, vs_mc] = relative_efficiency_vs_mc(data[designs.index("mc"), width], data[:, width])
+        coords = {d: var[d].values for d in own_dims if d in var.coords}
+        summary[name] = xr.DataArray(data, dims=("design", "summary", *own_dims), coords=coords)
+    n_evals = np.full(len(designs), draws.sizes["draw"])
+    out = xr.Dataset(summary, coords={"design": designs, "summary": list(SUMMARY_FIELDS)})
+    out["n_evals"] = ("design", n_evals)
+    out["nfe"] = ("design", n_evals * nfe_per_eval)
+    if "noise" in draws.coords:
+        out = out.assign_coords(noise=draws["noise"])
+    out.attrs["confidence"] = confidence
+    return out
+
+
+def build_result(draws: xr.Dataset, confidence: float, attrs: dict) -> xr.DataTree:
+    """A result DataTree from draws; ``attrs`` (seed, model settings) go on ``/summary``."""
+    nfe = int(attrs.get("nfe_per_sample", 1))
+    summary = summarize_draws(draws, confidence, nfe)
+    summary.attrs.update({**attrs, "confidence": confidence, "mcdiff_version": mcdiff_version()})
+    return xr.DataTree.from_dict({"summary": summary, "draws": draws})
+
+
+def save_result(result: xr.DataTree, path: str | Path) -> Path:
+    """Save a result to NetCDF (``.nc``) or Zarr (``.zarr``)."""
+    path = Path(path)
+    if path.suffix == ".zarr":
+        result.to_zarr(path, mode="w")
+    elif path.suffix in (".nc", ".nc4", ".netcdf"):
+        result.to_netcdf(path)
+    else:
+        raise ValueError(f"result path must end in .nc or .zarr, got {str(path)!r}")
+    return path
+
+
+def load_result(path: str | Path) -> xr.DataTree:
+    """Load a result saved by :func:`save_result`, fully into memory."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"no result at {str(path)!r}")
+    engine = "zarr" if path.suffix == ".zarr" else None
+    with xr.open_datatree(path, engine=engine) as tree:
+        return tree.load()
+
+
+def format_table(result: xr.DataTree) -> str:
+    """A plain-text table: one row per statistic, design and (for vectors) component.
+
+    Pixel maps and other statistics with more than 4 values per draw are shown as the mean
+    over their values of each column (marked ``mean of K``).
+    """
+    summary = result["summary"].to_dataset()
+    level = summary.attrs.get("confidence", float("nan"))
+    header = ("statistic", "design", "estimate", f"{level:.0%} CI", "CI width", "rel. eff.", "vs MC")
+    rows = [header]
+    for name, var in summary.data_vars.items():
+        if "summary" not in var.dims:
+            continue
+        stacked = var.stack(component=var.dims[2:]) if var.ndim > 2 else var.expand_dims(component=[0], axis=-1)
+        size = stacked.sizes["component"]
+        for design in summary["design"].values:
+            block = stacked.sel(design=design)
+            if size > 4:
+                parts = [(f"{name} (mean of {size})", block.mean("component"))]
+            else:
+                parts = [(_component_label(name, block, k, size), block.isel(component=k)) for k in range(size)]
+            for label, cell in parts:
+                value = {f: float(cell.sel(summary=f)) for f in SUMMARY_FIELDS}
+                rows.append(
+                    (
+                        label,
+                        str(design),
+                        f"{value['estimate']:.5g}",
+                        f"[{value['ci_lower']:.5g}, {value['ci_upper']:.5g}]",
+                        f"{value['ci_width']:.3g}",
+                        f"{value['relative_efficiency']:.3g}",
+                        f"{value['relative_efficiency_vs_mc']:.3g}",
+                    )
+                )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _component_label(name: str, block: xr.DataArray, k: int, size: int) -> str:
+    if size == 1:
+        return name
+    index = block["component"].values[k]
+    return f"{name}[{index if not isinstance(index, tuple) else ','.join(map(str, index))}]"
+
+
+def to_arviz(result: xr.DataTree, design: str):
+    """The draws of one design as an arviz object (one chain, ``draw`` in address order).
+
+    Works with arviz 0.x (returns ``InferenceData``) and 1.x (returns a ``DataTree``), so
+    ``arviz.summary``, ``arviz.ess`` and the plots accept it. Antithetic partners are
+    adjacent draws, so arviz's effective sample size sees their negative correlation.
+    """
+    try:
+        import arviz
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("to_arviz needs arviz: pip install 'mcdiff[arviz]'") from err
+    draws = result["draws"].to_dataset()
+    designs = list(draws["design"].values)
+    if design not in designs:
+        raise ValueError(f"design {design!r} is not in this result; it has {designs}")
+    sel = draws.sel(design=design).drop_vars(["group", "address", "design", "noise"], errors="ignore")
+    posterior = {name: var.values[None] for name, var in sel.data_vars.items()}
+    dims = {name: list(var.dims[1:]) for name, var in sel.data_vars.items()}
+    coords = {d: sel[d].values for d in sel.coords if d not in ("draw",)}
+    if int(arviz.__version__.split(".")[0]) >= 1:
+        return arviz.from_dict({"posterior": posterior}, dims=dims, coords=coords)
+    return arviz.from_dict(posterior=posterior, dims=dims, coords=coords)

@@ -1,0 +1,7 @@
+"""Model adapters: everything that maps N(0, I) noise to images (see :class:`Sampler`)."""
+
+from mcdiff.samplers.base import Sampler
+from mcdiff.samplers.diffusion import DiffusionSampler
+from mcdiff.samplers.gaussian import GaussianSampler
+
+__all__ = ["DiffusionSampler", "GaussianSampler", "Sampler"]
