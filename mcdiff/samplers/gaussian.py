@@ -39,18 +39,29 @@ class GaussianSampler(DiffusionSampler):
     the noise path: each output pixel is ``N(m_p, v_p)`` with ``m_p`` and ``v_p`` computed
     exactly by :meth:`output_moments`. An antithetic pair then averages to exactly ``m``.
 
-    ``clip_output=False`` (the default) keeps the map affine; ``clip_output=True`` clamps the
-    final image to [0, 1], which makes antithetic pairs imperfect while keeping the expected
-    value of a linear statistic known in closed form (the mean of a clipped normal).
+    ``output`` chooses how the final image is formed from the sampler's ``x_0``:
+
+    - ``"affine"`` (default): ``(x_0 + 1) / 2`` unchanged; the map is affine and antithetic
+      pairs cancel exactly for linear statistics.
+    - ``"clip"``: clamped to [0, 1], as image pipelines do; ``E[clip(Y, 0, 1)]`` is closed form.
+    - ``"probit"``: a smooth squashing decoder ``Phi((Y - 1/2) / w)`` into (0, 1), with
+      ``E = Phi((m - 1/2) / sqrt(w^2 + v))``. Antithetic pair means then have a continuous
+      distribution (clipping leaves a point mass where neither partner clips).
 
     Parameters
     ----------
     mean, std : float or array broadcastable to ``image_shape``
         Per-pixel mean and standard deviation of the data, in image units.
     image_shape : (C, H, W)
-    num_inference_steps, eta, clip_output
+    num_inference_steps, eta
         As for :class:`~mcdiff.samplers.diffusion.DiffusionSampler`.
+    output : {"affine", "clip", "probit"}
+        The final map from ``Y = (x_0 + 1) / 2`` to the image.
+    probit_width : float
+        ``w`` of the probit output.
     """
+
+    OUTPUTS = ("affine", "clip", "probit")
 
     def __init__(
         self,
@@ -59,8 +70,13 @@ class GaussianSampler(DiffusionSampler):
         image_shape: tuple[int, int, int] = (1, 8, 8),
         num_inference_steps: int = 20,
         eta: float = 0.0,
-        clip_output: bool = False,
+        output: str = "affine",
+        probit_width: float = 0.25,
     ):
+        if output not in self.OUTPUTS:
+            raise ValueError(f"output must be one of {self.OUTPUTS}, got {output!r}")
+        if not probit_width > 0:
+            raise ValueError(f"probit_width must be > 0, got {probit_width}")
         dtype = torch.float64
         shape = tuple(int(s) for s in image_shape)
         try:
@@ -78,10 +94,17 @@ class GaussianSampler(DiffusionSampler):
             num_inference_steps=num_inference_steps,
             eta=eta,
             image_shape=shape,
-            clip_output=clip_output,
+            clip_output=output == "clip",
             dtype=dtype,
         )
         self.data_mean, self.data_std = mean_img, std_img
+        self.output, self.probit_width = output, float(probit_width)
+
+    def sample(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+        images = super().sample(noise)
+        if self.output == "probit":
+            return torch.special.ndtr((images - 0.5) / self.probit_width)
+        return images
 
     def output_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact per-pixel mean and standard deviation of the *unclipped* output image.
@@ -105,19 +128,21 @@ class GaussianSampler(DiffusionSampler):
         return base, slopes.pow(2).sum(0).sqrt()
 
     def expected_image(self) -> torch.Tensor:
-        """Exact ``E[image]`` ``(C, H, W)``, clipped to [0, 1] when ``clip_output``.
+        """Exact ``E[image]`` ``(C, H, W)`` for the chosen ``output``.
 
-        For ``Y ~ N(m, v)``, ``E[clip(Y, 0, 1)] = m (Phi(b) - Phi(a)) + sqrt(v) (phi(a) - phi(b))
-        + 1 - Phi(b)`` with ``a = -m / sqrt(v)``, ``b = (1 - m) / sqrt(v)``.
+        For ``Y ~ N(m, v)``: ``E[clip(Y, 0, 1)] = m (Phi(b) - Phi(a)) + sqrt(v) (phi(a) - phi(b))
+        + 1 - Phi(b)`` with ``a = -m / sqrt(v)``, ``b = (1 - m) / sqrt(v)``; and
+        ``E[Phi((Y - 1/2) / w)] = Phi((m - 1/2) / sqrt(w^2 + v))``.
         """
-        m, s = self.output_moments()
-        if not self.clip_output:
-            return m
-        m, s = m.numpy(), s.numpy()
-        a, b = -m / s, (1 - m) / s
-        phi = lambda u: np.exp(-0.5 * u**2) / np.sqrt(2 * np.pi)  # noqa: E731
-        clipped = m * (ndtr(b) - ndtr(a)) + s * (phi(a) - phi(b)) + 1 - ndtr(b)
-        return torch.as_tensor(clipped)
+        m, s = (t.numpy() for t in self.output_moments())
+        if self.output == "affine":
+            expected = m
+        elif self.output == "probit":
+            expected = ndtr((m - 0.5) / np.sqrt(self.probit_width**2 + s**2))
+        else:
+            a, b = -m / s, (1 - m) / s
+            expected = m * (ndtr(b) - ndtr(a)) + s * (_normal_pdf(a) - _normal_pdf(b)) + 1 - ndtr(b)
+        return torch.as_tensor(expected)
 
     def expected_value(self, statistic) -> np.ndarray:
         """Exact expectation of a *linear* statistic: the statistic of :meth:`expected_image`."""
@@ -136,4 +161,9 @@ class GaussianSampler(DiffusionSampler):
             **super().describe(),
             "data_mean_avg": float(self.data_mean.mean()),
             "data_std_avg": float(self.data_std.mean()),
+            "output": self.output,
         }
+
+
+def _normal_pdf(u: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * u**2) / np.sqrt(2 * np.pi)

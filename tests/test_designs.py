@@ -1,0 +1,124 @@
+"""Designs: marginal N(0, I), purity in (seed, design, address), pairs, Sobol' structure."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from mcdiff.designs import Antithetic, MonteCarlo, SobolRQMC, get_design, noise_dim
+
+SPEC = {"x_T": (1, 2, 2), "steps": (3, 1, 2, 2)}
+DESIGNS = [
+    MonteCarlo(),
+    Antithetic(),
+    SobolRQMC(replicates=4),
+    SobolRQMC(replicates=4, antithetic=True),
+    SobolRQMC(replicates=4, max_dim=5),  # DCT basis with pseudo-random padding
+    SobolRQMC(replicates=4, antithetic=True, max_dim=5),
+]
+IDS = [repr(d) for d in DESIGNS]
+
+
+def flat(noise):
+    return np.concatenate([z.reshape(len(z), -1) for z in noise.values()], axis=1)
+
+
+@pytest.mark.parametrize("design", DESIGNS, ids=IDS)
+def test_every_evaluation_is_marginally_standard_normal(design):
+    """Evaluation at a fixed address over 1000 seeds is an iid sample of its marginal.
+
+    KS test of every coordinate at 3 addresses (48 tests per design) at alpha = 1e-4:
+    family-wise false-failure rate below 0.5% per design (the 5-SE moment checks add
+    under 0.01%); fixed seeds make the outcome deterministic.
+    """
+    n_evals = 32
+    for address in (0, 1, n_evals - 1):
+        z = np.stack([flat(design.draw(SPEC, seed, address, address + 1, n_evals))[0] for seed in range(1000)])
+        for k in range(z.shape[1]):
+            assert stats.kstest(z[:, k], "norm").pvalue > 1e-4, (address, k)
+        # moments: 5 standard errors (SE of a mean 1/sqrt(1000), of a variance sqrt(2/1000))
+        assert np.abs(z.mean(axis=0)).max() < 5 / np.sqrt(1000)
+        assert np.abs(z.var(axis=0) - 1).max() < 5 * np.sqrt(2 / 1000)
+
+
+@pytest.mark.parametrize("design", DESIGNS, ids=IDS)
+def test_noise_is_a_pure_function_of_seed_design_address(design):
+    n_evals = 32
+    whole = flat(design.draw(SPEC, 7, 0, n_evals, n_evals))
+    for step in (design.unit, 6, 10):
+        pieces = [flat(design.draw(SPEC, 7, a, min(a + step, n_evals), n_evals)) for a in range(0, n_evals, step)]
+        np.testing.assert_array_equal(np.concatenate(pieces), whole)
+    assert not np.array_equal(flat(design.draw(SPEC, 8, 0, n_evals, n_evals)), whole)
+
+
+@pytest.mark.parametrize("design", [d for d in DESIGNS if d.unit == 2], ids=lambda d: repr(d))
+def test_antithetic_partners_negate_the_whole_noise_path(design):
+    z = flat(design.draw(SPEC, 3, 0, 32, 32))
+    np.testing.assert_array_equal(z[1::2], -z[0::2])
+    assert np.abs(z[0::2]).min() > 0
+
+
+def test_designs_differ_from_each_other():
+    draws = [flat(d.draw(SPEC, 0, 0, 32, 32)) for d in DESIGNS[:4]]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not np.allclose(draws[i], draws[j])
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_each_rqmc_replicate_is_stratified_like_a_sobol_net(antithetic):
+    """A (0, m, 1)-net per coordinate: Phi(z) puts one point in each of 2^m equal intervals."""
+    design = SobolRQMC(replicates=2, antithetic=antithetic)
+    points = 16
+    n_evals = 2 * points * design.unit
+    z = flat(design.draw({"x_T": (6,)}, 11, 0, n_evals, n_evals))
+    u = stats.norm.cdf(z)
+    groups = design.group_ids(n_evals)
+    for r in (0, 1):
+        block = u[groups == r][:: design.unit]
+        for k in range(u.shape[1]):
+            assert sorted(np.floor(block[:, k] * points).astype(int)) == list(range(points))
+
+
+def test_dct_basis_gives_the_leading_low_frequency_coordinate_sobol_points():
+    """With one Sobol' coordinate in the DCT basis, the image-mean of the noise is stratified."""
+    design = SobolRQMC(replicates=2, basis="dct", max_dim=1)
+    shape = (1, 4, 4)
+    z = design.draw({"x_T": shape}, 5, 0, 32, 32)["x_T"]
+    dc = z.reshape(32, -1).sum(axis=1) / np.sqrt(16)  # orthonormal DC coefficient
+    u = stats.norm.cdf(dc[:16])
+    assert sorted(np.floor(u * 16).astype(int)) == list(range(16))
+    assert "dct basis" in design.describe({"x_T": shape})
+    assert "15 are pseudo-random" in design.describe({"x_T": shape})
+
+
+def test_group_ids():
+    np.testing.assert_array_equal(MonteCarlo().group_ids(4), [0, 1, 2, 3])
+    np.testing.assert_array_equal(Antithetic().group_ids(6), [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(SobolRQMC(2).group_ids(8), [0, 0, 0, 0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(SobolRQMC(2, antithetic=True).group_ids(8), [0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_names_resolve():
+    assert [get_design(n).name for n in ("mc", "amc", "rqmc", "amc-rqmc")] == ["mc", "amc", "rqmc", "amc-rqmc"]
+    assert noise_dim(SPEC) == 16
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: Antithetic().check_n(101), r"n_evals=101 is odd.*100 or 102"),
+        (lambda: Antithetic().check_n(2), "too small"),
+        (lambda: MonteCarlo().check_n(2.5), "must be an integer"),
+        (lambda: SobolRQMC(16).check_n(1000), r"n_evals=1000 is not replicates·2\^m.*512 and 1024"),
+        (lambda: SobolRQMC(4, antithetic=True).check_n(24), r"not 2·replicates·2\^m"),
+        (lambda: SobolRQMC(1), "replicates must be >= 2"),
+        (lambda: SobolRQMC(4, basis="wavelet"), "basis must be"),
+        (lambda: SobolRQMC(4, max_dim=30000), "max_dim must be in"),
+        (lambda: get_design("qmc"), "unknown design 'qmc'; known: mc, amc, rqmc, amc-rqmc"),
+        (lambda: MonteCarlo().draw(SPEC, -1, 0, 2, 4), "seed must be a non-negative integer"),
+        (lambda: MonteCarlo().draw(SPEC, 0, 2, 6, 4), r"addresses \[2, 6\) are outside"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_message(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
