@@ -74,7 +74,7 @@ def _add_diagnose(sub) -> None:
     )
     p.add_argument("--model", default="gaussian", help="'gaussian' (analytic) or a diffusers model directory")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
-    p.add_argument("--n-pairs", type=int, default=64, help="antithetic and independent pairs each (default 64)")
+    p.add_argument("--n-pairs", type=int, default=64, help="antithetic and independent pairs (64 each)")
     p.add_argument("--probes", type=int, default=8, help="trajectories probed by the antisymmetry test")
     p.add_argument("--timesteps", type=int, nargs="+", help="timesteps for the antisymmetry test")
     p.add_argument(

@@ -127,7 +127,8 @@ def generate_pairs(sampler: Sampler, n_pairs: int = 64, seed: int = 0, batch_siz
     batch_size = _check_count("batch_size", batch_size, 2)
     designs: tuple[Design, ...] = (Antithetic(), MonteCarlo())
     images = [
-        evaluate_design(sampler, [pixel_mean], d, 2 * n_pairs, seed, batch_size)["pixel_mean"] for d in designs
+        evaluate_design(sampler, [pixel_mean], design, 2 * n_pairs, seed, batch_size)["pixel_mean"]
+        for design in designs
     ]
     data = np.stack(images).reshape(2, n_pairs, 2, *sampler.image_shape)
     return xr.DataArray(
@@ -138,7 +139,9 @@ def generate_pairs(sampler: Sampler, n_pairs: int = 64, seed: int = 0, batch_siz
     )
 
 
-def pair_correlation(pairs: xr.DataArray, mean_image: np.ndarray | torch.Tensor | None = None) -> xr.DataArray:
+def pair_correlation(
+    pairs: xr.DataArray, mean_image: np.ndarray | torch.Tensor | None = None
+) -> xr.DataArray:
     """Pixel-wise Pearson correlation between the two images of every pair.
 
     ``raw``: :func:`pearson` of image a vs image b (the paper's measure). ``centred``: the
@@ -174,7 +177,11 @@ def pair_correlation(pairs: xr.DataArray, mean_image: np.ndarray | torch.Tensor 
     return xr.DataArray(
         _pair_pearson(flat, mean.reshape(-1)),
         dims=("pairing", "centring", "pair"),
-        coords={"pairing": pairs["pairing"].values, "centring": list(CENTRINGS), "pair": pairs["pair"].values},
+        coords={
+            "pairing": pairs["pairing"].values,
+            "centring": list(CENTRINGS),
+            "pair": pairs["pair"].values,
+        },
         name="correlation",
     )
 
@@ -217,7 +224,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, sigma: float
     error visibility to structural similarity", IEEE TIP 13(4), 2004.
     """
     if a.shape != b.shape or a.ndim != 4:
-        raise ValueError(f"a and b must both be (B, C, H, W) of one shape, got {tuple(a.shape)}, {tuple(b.shape)}")
+        raise ValueError(
+            f"a and b must both be (B, C, H, W) of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if not sigma > 0 or not data_range > 0:
         raise ValueError(f"sigma and data_range must be > 0, got sigma={sigma}, data_range={data_range}")
     side = min(a.shape[-2:])
@@ -246,23 +255,28 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, sigma: float
 
 
 def load_lpips(path: str | Path) -> LpipsFn:
-    """Load LPIPS from a local TorchScript file; nothing is ever downloaded.
+    """Load LPIPS from a local file made with ``torch.export`` or TorchScript; never downloads.
 
-    mcdiff does not depend on the ``lpips`` package (it pulls in torchvision and a network
-    download of its weights). To use LPIPS, make a TorchScript of it once where ``lpips`` is
-    installed and its weights are present, and pass that file::
+    mcdiff does not depend on the ``lpips`` package (it pulls in torchvision and downloads
+    its weights). To use LPIPS, export it once where ``lpips`` and its weights are installed,
+    and pass the file: a ``.pt2`` is read with :func:`torch.export.load`, anything else with
+    :func:`torch.jit.load`::
 
         import lpips, torch
         net = lpips.LPIPS(net="alex").eval()
-        x = torch.zeros(1, 3, 64, 64)
-        torch.jit.trace(net, (x, x)).save("lpips_alex.pt")
+        a, b = torch.zeros(1, 3, 64, 64), torch.ones(1, 3, 64, 64)  # two tensors, not (x, x)
+        torch.export.save(torch.export.export(net, (a, b)), "lpips_alex.pt2")
+        # or TorchScript: torch.jit.trace(net, (a, b)).save("lpips_alex.pt")
 
-    Any callable ``lpips(a, b) -> (B,)`` (or ``(B, 1, 1, 1)``) on images scaled to [-1, 1]
-    can be passed to :func:`pair_diversity` directly instead.
+    Export with two distinct example tensors (one passed twice is traced as one input) at the
+    model's image size and batch size ``2 n_pairs`` (an exported program is specialised to
+    its example shapes unless exported with ``dynamic_shapes``). Any callable
+    ``lpips(a, b) -> (B,)`` (or ``(B, 1, 1, 1)``) on images scaled to [-1, 1] can also be
+    passed to :func:`pair_diversity` directly.
 
     Parameters
     ----------
-    path : path to a ``torch.jit.save`` file
+    path : path to a ``torch.export.save`` (``.pt2``) or ``torch.jit.save`` file
 
     Returns
     -------
@@ -276,9 +290,11 @@ def load_lpips(path: str | Path) -> LpipsFn:
     path = Path(path)
     if not path.is_file():
         raise ValueError(
-            f"no LPIPS TorchScript file at {str(path)!r}; see mcdiff.diagnostics.load_lpips for "
-            "how to make one (mcdiff never downloads weights)"
+            f"no LPIPS file at {str(path)!r}; see mcdiff.diagnostics.load_lpips for how to make "
+            "one from the lpips package (mcdiff never downloads weights)"
         )
+    if path.suffix == ".pt2":
+        return torch.export.load(str(path)).module()
     return torch.jit.load(str(path), map_location="cpu").eval()
 
 
@@ -312,9 +328,8 @@ def pair_diversity(pairs: xr.DataArray, lpips: LpipsFn | None = None) -> xr.Data
         out["lpips"] = torch.as_tensor(distance).reshape(len(a))
     dims = ("pairing", "pair")
     coords = {"pairing": pairs["pairing"].values, "pair": pairs["pair"].values}
-    return xr.Dataset(
-        {k: (dims, v.detach().double().numpy().reshape(pairing, n_pairs)) for k, v in out.items()}, coords=coords
-    )
+    data = {k: (dims, v.detach().double().numpy().reshape(pairing, n_pairs)) for k, v in out.items()}
+    return xr.Dataset(data, coords=coords)
 
 
 def _check_diffusion(sampler: Sampler) -> DiffusionSampler:
@@ -438,7 +453,9 @@ def antisymmetry(
     timesteps = [int(t) for t in timesteps]
     bad = [t for t in timesteps if t not in schedule]
     if bad or not timesteps:
-        raise ValueError(f"timesteps {bad or timesteps} are not in the sampler's schedule; allowed: {schedule}")
+        raise ValueError(
+            f"timesteps {bad or timesteps} are not in the sampler's schedule; allowed: {schedule}"
+        )
     noise = {
         name: torch.from_numpy(z).to(sampler.device, sampler.dtype)
         for name, z in MonteCarlo().draw(sampler.noise_spec, seed, 0, n_probes, n_probes).items()
@@ -527,7 +544,9 @@ def diagnose(
     first = samplers[names[0]]
     attrs = {
         "model": type(first).__name__,
-        "samplers": ", ".join(f"{n}: eta={s.eta:g}, {s.num_inference_steps} steps" for n, s in samplers.items()),
+        "samplers": ", ".join(
+            f"{n}: eta={s.eta:g}, {s.num_inference_steps} steps" for n, s in samplers.items()
+        ),
         "n_pairs": int(n_pairs),
         "seed": int(seed),
         "lpips": "computed" if lpips is not None else "skipped: no LPIPS weights given (see load_lpips)",
@@ -552,34 +571,41 @@ def format_report(tree: xr.DataTree) -> str:
     every step is in the DataTree); antisymmetry residual by timestep.
     """
     pairs = tree["pairs"].to_dataset().mean("pair")
-    trajectory = tree["trajectory"].to_dataset().mean("pair")
+    trajectory = tree["trajectory"].to_dataset().mean("pair").sel(centring="raw")
     anti = tree["antisymmetry"].to_dataset()
-    lines = [f"mcdiff diagnose: {tree.attrs.get('model', '?')} ({tree.attrs.get('samplers', '')}), "
-             f"{tree.attrs.get('n_pairs', '?')} pairs of each kind, seed {tree.attrs.get('seed', '?')}", ""]
-    header = ["sampler", "corr PN raw", "corr RR raw", "corr PN centred", "corr RR centred", "SSIM PN", "SSIM RR"]
-    metrics = ["ssim", *(["lpips"] if "lpips" in pairs else [])]
-    if "lpips" in pairs:
-        header += ["LPIPS PN", "LPIPS RR"]
+    attrs = tree.attrs
+    lines = [
+        f"mcdiff diagnose: {attrs.get('model')} ({attrs.get('samplers')}), "
+        f"{attrs.get('n_pairs')} pairs of each kind, seed {attrs.get('seed')}",
+        "",
+    ]
+    metrics = [m for m in ("ssim", "lpips") if m in pairs]
+    header = ["sampler", *(f"corr {k} {c}" for c in CENTRINGS for k in PAIRINGS)]
+    header += [f"{m.upper()} {k}" for m in metrics for k in PAIRINGS]
     rows = []
     for name in pairs["sampler"].values:
         p = pairs.sel(sampler=name)
         cells = [p["correlation"].sel(pairing=k, centring=c) for c in CENTRINGS for k in PAIRINGS]
         cells += [p[m].sel(pairing=k) for m in metrics for k in PAIRINGS]
         rows.append([str(name), *(f"{float(v):+.4f}" for v in cells)])
-    lines += ["Pair correlation (pixel-wise Pearson) and diversity, mean over pairs", *_table(header, rows), ""]
-    if "lpips" not in pairs:
-        lines += [f"LPIPS {tree.attrs.get('lpips', 'skipped')}", ""]
-    header = ["timestep"] + [f"{v} {k} {s}" for s in trajectory["sampler"].values for v in ("x_t", "eps") for k in PAIRINGS]
+    lines += ["Pair correlation (pixel-wise Pearson) and diversity, mean over pairs", *_table(header, rows)]
+    lines += ["", f"LPIPS {attrs.get('lpips')}"] if "lpips" not in pairs else []
+    columns = [(s, v, k) for s in trajectory["sampler"].values for v in ("x_t", "eps") for k in PAIRINGS]
+    header = ["timestep", *(f"{v} {k} {s}" for s, v, k in columns)]
     rows = []
     for step in _default_steps(10, trajectory.sizes["step"]):
-        cells = [trajectory[v].sel(sampler=s, pairing=k, centring="raw", step=step)
-                 for s in trajectory["sampler"].values for v in ("x_t", "eps") for k in PAIRINGS]
-        rows.append([str(int(trajectory["timestep"].sel(step=step))), *(f"{float(c):+.4f}" for c in cells)])
-    lines += ["Trajectory correlation between partners (raw, at most 10 steps shown), mean over pairs",
-              *_table(header, rows), ""]
-    rows = [[str(int(t)), f"{float(r):.3e}"] for t, r in zip(anti["timestep"].values, anti["residual"].values)]
-    lines += ["Affine antisymmetry residual ||eps(x)+eps(-x)-2c_t|| / ||eps(x)||",
-              *_table(["timestep", "residual"], rows)]
+        at = trajectory.sel(step=step)
+        cells = [at[v].sel(sampler=s, pairing=k) for s, v, k in columns]
+        rows.append([str(int(at["timestep"])), *(f"{float(c):+.4f}" for c in cells)])
+    residuals = [[str(int(t)), f"{r:.3e}"] for t, r in zip(anti["timestep"].values, anti["residual"].values)]
+    lines += [
+        "",
+        "Trajectory correlation between partners (raw, at most 10 steps shown), mean over pairs",
+        *_table(header, rows),
+        "",
+        "Affine antisymmetry residual ||eps(x)+eps(-x)-2c_t|| / ||eps(x)||",
+        *_table(["timestep", "residual"], residuals),
+    ]
     return "\n".join(lines)
 
 
@@ -653,6 +679,7 @@ def save_figures(tree: xr.DataTree, directory: str | Path) -> list[Path]:
                 ax.plot(trajectory["timestep"].values, mean.values, style, color=colours[k], marker=".",
                         label=f"{v} {k}")
         ax.invert_xaxis()
+        ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.set_xlabel("timestep t (sampling runs left to right)")
         ax.set_ylabel("mean correlation between partners")
