@@ -5,6 +5,7 @@ intervals, using noise designs (antithetic pairs, scrambled Sobol' RQMC) that na
 intervals per model evaluation.
 """
 
+from mcdiff.diagnostics import antisymmetry, diagnose, pair_correlation, trajectory_correlation
 from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
 from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
 from mcdiff.results import format_table, load_result, save_result, to_arviz
@@ -20,15 +21,19 @@ __all__ = [
     "Sampler",
     "SobolRQMC",
     "Statistic",
+    "antisymmetry",
     "brightness",
     "centroid",
     "contrast",
+    "diagnose",
     "estimate",
     "format_table",
     "get_design",
     "get_statistic",
     "load_result",
+    "pair_correlation",
     "pixel_mean",
     "save_result",
     "to_arviz",
+    "trajectory_correlation",
 ]

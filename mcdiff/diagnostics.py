@@ -1,0 +1,714 @@
+"""Diagnostics: check on a given model the property antithetic variance reduction rests on.
+
+Antithetic noise narrows confidence intervals because a sampler maps ``z`` and ``-z`` to
+negatively correlated images, which it does when the noise predictor is close to affine
+antisymmetric, ``eps(x) + eps(-x) ≈ 2 c_t``. This module measures that, on the user's model:
+
+==============================  ============================================================
+:func:`pair_correlation`        pixel-wise Pearson correlation within antithetic (PN) and
+                                independent (RR) pairs, raw and centred on the mean image
+:func:`trajectory_correlation`  the same for ``x_t`` and for ``eps(x_t, t)`` at every step
+:func:`antisymmetry`            ``eps(λ x_t)`` for λ in [-1, 1] and the residual
+                                ``||eps(x) + eps(-x) - 2 c_t|| / ||eps(x)||`` per timestep
+:func:`pair_diversity`          SSIM (and LPIPS, given local weights) between partners
+:func:`diagnose`                all of the above as one :class:`xarray.DataTree`
+:func:`format_report`,          a text table and PNG figures of a :func:`diagnose` result
+:func:`save_figures`
+==============================  ============================================================
+
+Pairs are drawn by the designs themselves (:class:`~mcdiff.designs.Antithetic` for PN,
+:class:`~mcdiff.designs.MonteCarlo` for RR), so a stochastic sampler's partner negates the
+whole noise path (initial and every injected noise), as in estimation.
+
+References
+----------
+"Antithetic Noise in Diffusion Models", arXiv 2506.06185 (pair correlations, trajectory
+correlations, the affine-antisymmetry plot, SSIM/LPIPS diversity of PN vs RR pairs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from mcdiff.designs import Antithetic, Design, MonteCarlo, check_seed
+from mcdiff.functionals import pixel_mean
+from mcdiff.results import mcdiff_version
+from mcdiff.runner import evaluate_design
+from mcdiff.samplers.base import Sampler
+from mcdiff.samplers.diffusion import DiffusionSampler
+
+PAIRINGS = ("PN", "RR")
+"""Pair kinds: ``PN`` antithetic partners ``(z, -z)``, ``RR`` two independent draws."""
+
+CENTRINGS = ("raw", "centred")
+"""``raw``: Pearson over pixels of image a vs image b (the paper's measure); ``centred``:
+the same after subtracting the per-pixel mean image from both."""
+
+LpipsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``lpips(a, b) -> (B,)`` distances for images ``(B, C, H, W)`` scaled to [-1, 1]."""
+
+
+def _check_count(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _pair_noise(sampler: Sampler, n_pairs: int, seed: int) -> dict[str, torch.Tensor]:
+    """Noise ``{name: (4 n_pairs, *shape)}``: n PN pairs then n RR pairs, partners adjacent."""
+    n_evals = 2 * n_pairs
+    parts = [d.draw(sampler.noise_spec, seed, 0, n_evals, n_evals) for d in (Antithetic(), MonteCarlo())]
+    return {
+        name: torch.from_numpy(np.concatenate([p[name] for p in parts])).to(sampler.device, sampler.dtype)
+        for name in sampler.noise_spec
+    }
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of ``a[i]`` and ``b[i]`` over all their trailing axes.
+
+    ``r_i = sum_p (a_ip - mean_p a_i)(b_ip - mean_p b_i) / sqrt(sum_p (a_ip - mean_p a_i)^2
+    sum_p (b_ip - mean_p b_i)^2)``; NaN where either image is constant.
+
+    Parameters
+    ----------
+    a, b : array ``(B, ...)``
+
+    Returns
+    -------
+    array ``(B,)``
+    """
+    a = np.asarray(a, dtype=np.float64).reshape(len(a), -1)
+    b = np.asarray(b, dtype=np.float64).reshape(len(b), -1)
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    denominator = np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, (a * b).sum(axis=1) / denominator, np.nan)
+
+
+def _pair_pearson(values: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Correlations ``(pairing, centring, pair)`` of ``values`` ``(pairing, pair, member, D)``."""
+    raw = [pearson(v[:, 0], v[:, 1]) for v in values]
+    centred = [pearson(v[:, 0] - mean, v[:, 1] - mean) for v in values]
+    return np.stack([np.stack(raw), np.stack(centred)], axis=1)
+
+
+def generate_pairs(sampler: Sampler, n_pairs: int = 64, seed: int = 0, batch_size: int = 256) -> xr.DataArray:
+    """Images of ``n_pairs`` antithetic (PN) and ``n_pairs`` independent (RR) pairs.
+
+    PN pair j is evaluations ``2j, 2j + 1`` of :class:`~mcdiff.designs.Antithetic` (``z_j``,
+    ``-z_j``), RR pair j the same evaluations of :class:`~mcdiff.designs.MonteCarlo`.
+
+    Parameters
+    ----------
+    sampler : Sampler
+        Any model with the sampler contract.
+    n_pairs : int
+        Pairs of each kind, >= 2.
+    seed : int
+        Noise seed (as in :func:`mcdiff.estimate`).
+    batch_size : int
+        Evaluations per sampler call.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``("pairing", "pair", "member", "channel", "y", "x")``, values in [0, 1].
+    """
+    n_pairs = _check_count("n_pairs", n_pairs, 2)
+    seed = check_seed(seed)
+    batch_size = _check_count("batch_size", batch_size, 2)
+    designs: tuple[Design, ...] = (Antithetic(), MonteCarlo())
+    images = [
+        evaluate_design(sampler, [pixel_mean], design, 2 * n_pairs, seed, batch_size)["pixel_mean"]
+        for design in designs
+    ]
+    data = np.stack(images).reshape(2, n_pairs, 2, *sampler.image_shape)
+    return xr.DataArray(
+        data,
+        dims=("pairing", "pair", "member", "channel", "y", "x"),
+        coords={"pairing": list(PAIRINGS), "pair": np.arange(n_pairs), "member": [0, 1]},
+        name="images",
+    )
+
+
+def pair_correlation(
+    pairs: xr.DataArray, mean_image: np.ndarray | torch.Tensor | None = None
+) -> xr.DataArray:
+    """Pixel-wise Pearson correlation between the two images of every pair.
+
+    ``raw``: :func:`pearson` of image a vs image b (the paper's measure). ``centred``: the
+    same after subtracting the per-pixel mean image ``m`` from both, ``pearson(a - m, b - m)``,
+    so that structure every image shares (a dark border, a background) does not dominate.
+
+    Parameters
+    ----------
+    pairs : xarray.DataArray
+        From :func:`generate_pairs`.
+    mean_image : array ``(C, H, W)``, optional
+        The mean image to centre on; by default the mean of all images in ``pairs`` (both
+        pairings: every image is marginally a model sample).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims ``("pairing", "centring", "pair")``.
+
+    References
+    ----------
+    arXiv 2506.06185, pixel-wise Pearson correlation of PN and RR pairs.
+    """
+    values = pairs.transpose("pairing", "pair", "member", ...).values
+    shape = values.shape[3:]
+    if mean_image is None:
+        mean = values.reshape(-1, *shape).mean(axis=0)
+    else:
+        mean = np.asarray(mean_image, dtype=np.float64)
+        if mean.shape != shape:
+            raise ValueError(f"mean_image has shape {mean.shape}; expected the image shape {shape}")
+    flat = values.reshape(*values.shape[:3], -1)
+    return xr.DataArray(
+        _pair_pearson(flat, mean.reshape(-1)),
+        dims=("pairing", "centring", "pair"),
+        coords={
+            "pairing": pairs["pairing"].values,
+            "centring": list(CENTRINGS),
+            "pair": pairs["pair"].values,
+        },
+        name="correlation",
+    )
+
+
+def _gaussian_window(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity of ``a[i]`` and ``b[i]``, averaged over pixels and channels.
+
+    With Gaussian-weighted local means ``mu``, variances ``s^2`` and covariance ``s_ab``::
+
+        SSIM = mean_p (2 mu_a mu_b + C1)(2 s_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(s_a^2 + s_b^2 + C2))
+
+    ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``, ``L = data_range``; the window has radius
+    ``int(3.5 sigma + 0.5)`` (11 taps for sigma = 1.5) and only positions where it fits whole
+    are averaged, as in ``skimage.metrics.structural_similarity(gaussian_weights=True,
+    use_sample_covariance=False)``. Images with a side smaller than the window (8x8: the
+    window would be 11) use the largest odd window ``w`` that fits with sigma scaled to
+    ``1.5 w / 11`` (7 taps, sigma ≈ 0.95 for 8x8).
+
+    Parameters
+    ----------
+    a, b : tensor ``(B, C, H, W)``
+    data_range : float
+        Dynamic range L of the images (1 for [0, 1]).
+    sigma : float
+        Window standard deviation in pixels.
+
+    Returns
+    -------
+    tensor ``(B,)``
+
+    References
+    ----------
+    Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli, "Image quality assessment: from
+    error visibility to structural similarity", IEEE TIP 13(4), 2004.
+    """
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(
+            f"a and b must both be (B, C, H, W) of one shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if not sigma > 0 or not data_range > 0:
+        raise ValueError(f"sigma and data_range must be > 0, got sigma={sigma}, data_range={data_range}")
+    side = min(a.shape[-2:])
+    if side < 3:
+        raise ValueError(f"SSIM needs images of at least 3x3 pixels, got {tuple(a.shape[-2:])}")
+    size = 2 * int(3.5 * sigma + 0.5) + 1
+    if size > side:
+        size = side if side % 2 else side - 1
+        sigma = 1.5 * size / 11
+    dtype = a.dtype if a.is_floating_point() else torch.float64
+    g = _gaussian_window(size, sigma, dtype).to(a.device)
+    channels = a.shape[1]
+    kernel = (g[:, None] * g[None, :]).expand(channels, 1, size, size)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, kernel, groups=channels)
+
+    a, b = a.to(dtype), b.to(dtype)
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    index = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return index.flatten(1).mean(dim=1)
+
+
+def load_lpips(path: str | Path) -> LpipsFn:
+    """Load LPIPS from a local file made with ``torch.export`` or TorchScript; never downloads.
+
+    mcdiff does not depend on the ``lpips`` package (it pulls in torchvision and downloads
+    its weights). To use LPIPS, export it once where ``lpips`` and its weights are installed,
+    and pass the file: a ``.pt2`` is read with :func:`torch.export.load`, anything else with
+    :func:`torch.jit.load`::
+
+        import lpips, torch
+        net = lpips.LPIPS(net="alex").eval()
+        a, b = torch.zeros(1, 3, 64, 64), torch.ones(1, 3, 64, 64)  # two tensors, not (x, x)
+        torch.export.save(torch.export.export(net, (a, b)), "lpips_alex.pt2")
+        # or TorchScript: torch.jit.trace(net, (a, b)).save("lpips_alex.pt")
+
+    Export with two distinct example tensors (one passed twice is traced as one input) at the
+    model's image size and batch size ``2 n_pairs`` (an exported program is specialised to
+    its example shapes unless exported with ``dynamic_shapes``). Any callable
+    ``lpips(a, b) -> (B,)`` (or ``(B, 1, 1, 1)``) on images scaled to [-1, 1] can also be
+    passed to :func:`pair_diversity` directly.
+
+    Parameters
+    ----------
+    path : path to a ``torch.export.save`` (``.pt2``) or ``torch.jit.save`` file
+
+    Returns
+    -------
+    callable ``(a, b) -> distances``
+
+    References
+    ----------
+    R. Zhang et al., "The unreasonable effectiveness of deep features as a perceptual metric",
+    CVPR 2018.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(
+            f"no LPIPS file at {str(path)!r}; see mcdiff.diagnostics.load_lpips for how to make "
+            "one from the lpips package (mcdiff never downloads weights)"
+        )
+    if path.suffix == ".pt2":
+        return torch.export.load(str(path)).module()
+    return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def pair_diversity(pairs: xr.DataArray, lpips: LpipsFn | None = None) -> xr.Dataset:
+    """SSIM (and LPIPS when given) between the two images of every pair.
+
+    Lower SSIM and higher LPIPS between partners mean more diverse pairs. LPIPS is called
+    on images mapped to [-1, 1], grayscale repeated to 3 channels.
+
+    Parameters
+    ----------
+    pairs : xarray.DataArray
+        From :func:`generate_pairs`.
+    lpips : callable, optional
+        See :func:`load_lpips`; without it only SSIM is computed.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``ssim`` (and ``lpips``) with dims ``("pairing", "pair")``.
+    """
+    values = torch.from_numpy(pairs.transpose("pairing", "pair", "member", ...).values)
+    pairing, n_pairs = values.shape[:2]
+    a, b = values[:, :, 0].flatten(0, 1), values[:, :, 1].flatten(0, 1)
+    out = {"ssim": ssim(a, b)}
+    if lpips is not None:
+        if a.shape[1] == 1:
+            a, b = a.expand(-1, 3, -1, -1), b.expand(-1, 3, -1, -1)
+        with torch.inference_mode():
+            distance = lpips(a.float() * 2 - 1, b.float() * 2 - 1)
+        out["lpips"] = torch.as_tensor(distance).reshape(len(a))
+    dims = ("pairing", "pair")
+    coords = {"pairing": pairs["pairing"].values, "pair": pairs["pair"].values}
+    data = {k: (dims, v.detach().double().numpy().reshape(pairing, n_pairs)) for k, v in out.items()}
+    return xr.Dataset(data, coords=coords)
+
+
+def _check_diffusion(sampler: Sampler) -> DiffusionSampler:
+    if not isinstance(sampler, DiffusionSampler):
+        raise ValueError(
+            f"this diagnostic needs a DiffusionSampler (it reads the sampling trajectory and the "
+            f"noise predictor), got {type(sampler).__name__}"
+        )
+    return sampler
+
+
+def trajectory_correlation(sampler: DiffusionSampler, n_pairs: int = 32, seed: int = 0) -> xr.Dataset:
+    """Correlation between partners of ``x_t`` and of ``eps(x_t, t)`` at every sampling step.
+
+    For PN and RR pairs (as in :func:`generate_pairs`) and every step with timestep t,
+    ``pearson(x_t(a), x_t(b))`` and ``pearson(eps(x_t(a)), eps(x_t(b)))``, raw and centred
+    on the mean over all samples of that step (see :func:`pair_correlation`). All pairs run
+    in one batch of ``4 n_pairs``.
+
+    Parameters
+    ----------
+    sampler : DiffusionSampler
+    n_pairs : int
+        Pairs of each kind, >= 2.
+    seed : int
+
+    Returns
+    -------
+    xarray.Dataset
+        ``x_t`` and ``eps`` with dims ``("pairing", "centring", "step", "pair")``;
+        coordinate ``timestep(step)``.
+
+    References
+    ----------
+    arXiv 2506.06185: the partners' correlation stays strongly negative along the trajectory.
+    """
+    sampler = _check_diffusion(sampler)
+    n_pairs = _check_count("n_pairs", n_pairs, 2)
+    noise = _pair_noise(sampler, n_pairs, check_seed(seed))
+    timesteps, x_corr, eps_corr = [], [], []
+    with torch.inference_mode():
+        for t, x, eps in sampler.trajectory(noise):
+            if t is None:
+                break
+            timesteps.append(int(t))
+            for out, v in ((x_corr, x), (eps_corr, eps)):
+                flat = v.detach().cpu().double().numpy().reshape(4 * n_pairs, -1)
+                out.append(_pair_pearson(flat.reshape(2, n_pairs, 2, -1), flat.mean(axis=0)))
+    dims = ("pairing", "centring", "step", "pair")
+    return xr.Dataset(
+        {"x_t": (dims, np.stack(x_corr, axis=2)), "eps": (dims, np.stack(eps_corr, axis=2))},
+        coords={
+            "pairing": list(PAIRINGS),
+            "centring": list(CENTRINGS),
+            "step": np.arange(len(timesteps)),
+            "timestep": ("step", timesteps),
+            "pair": np.arange(n_pairs),
+        },
+    )
+
+
+def _default_steps(count: int, n_steps: int) -> list[int]:
+    return sorted(set(np.linspace(0, n_steps - 1, min(count, n_steps)).round().astype(int).tolist()))
+
+
+def antisymmetry(
+    sampler: DiffusionSampler,
+    timesteps: Sequence[int] | None = None,
+    n_probes: int = 8,
+    n_lambdas: int = 21,
+    n_pixels: int = 6,
+    seed: int = 0,
+) -> xr.Dataset:
+    """Affine-antisymmetry test of the noise predictor: ``eps(λ x, t)`` for λ in [-1, 1].
+
+    The probes ``x`` are the sampler's own ``x_t`` at timestep t along ``n_probes``
+    independent (Monte Carlo) trajectories, i.e. what the network sees while sampling. The
+    centre ``c_t`` is fitted per pixel by least squares over the probes and the residual
+    pools them::
+
+        c_t        = (1/P) sum_x (eps(x) + eps(-x)) / 2
+        residual_t = sqrt( sum_x ||eps(x) + eps(-x) - 2 c_t||^2 / sum_x ||eps(x)||^2 )
+
+    It is 0 for an exactly affine predictor (the Gaussian model: ``c_t = eps(0)``) and grows
+    as the predictor departs from affine antisymmetry; fitting ``c_t`` on P probes biases it
+    low by ``sqrt((P - 1) / P)``. Negation is through the origin of model space, as the
+    antithetic partner of ``x_T = z`` is ``-z`` (for ``prior_mean = 0``).
+
+    Parameters
+    ----------
+    sampler : DiffusionSampler
+    timesteps : sequence of int, optional
+        Timesteps of ``sampler.scheduler.timesteps`` to probe; by default five spread over
+        the schedule, first and last included.
+    n_probes : int
+        Trajectories probed, >= 2.
+    n_lambdas : int
+        Points of the λ grid ``linspace(-1, 1, n_lambdas)``, >= 3.
+    n_pixels : int
+        Pixels (flat indices chosen at random with ``seed``) whose curves are kept.
+    seed : int
+
+    Returns
+    -------
+    xarray.Dataset
+        ``residual(timestep)`` and ``curve(timestep, probe, lambda, pixel)`` with pixel
+        coordinates ``channel, y, x (pixel)``.
+
+    References
+    ----------
+    arXiv 2506.06185: eps(λz) mirrors around a centre as λ goes from -1 to 1.
+    """
+    sampler = _check_diffusion(sampler)
+    n_probes = _check_count("n_probes", n_probes, 2)
+    n_lambdas = _check_count("n_lambdas", n_lambdas, 3)
+    n_pixels = _check_count("n_pixels", n_pixels, 1)
+    seed = check_seed(seed)
+    schedule = [int(t) for t in sampler.scheduler.timesteps]
+    if timesteps is None:
+        timesteps = [schedule[i] for i in _default_steps(5, len(schedule))]
+    timesteps = [int(t) for t in timesteps]
+    bad = [t for t in timesteps if t not in schedule]
+    if bad or not timesteps:
+        raise ValueError(
+            f"timesteps {bad or timesteps} are not in the sampler's schedule; allowed: {schedule}"
+        )
+    noise = {
+        name: torch.from_numpy(z).to(sampler.device, sampler.dtype)
+        for name, z in MonteCarlo().draw(sampler.noise_spec, seed, 0, n_probes, n_probes).items()
+    }
+    lambdas = np.linspace(-1.0, 1.0, n_lambdas)
+    size = math.prod(sampler.image_shape)
+    pixels = np.sort(np.random.default_rng(seed).choice(size, size=min(n_pixels, size), replace=False))
+    residuals, curves = [], []
+    with torch.inference_mode():
+        probes = {int(t): x for t, x, _ in sampler.trajectory(noise) if t is not None and int(t) in timesteps}
+        for t in timesteps:
+            x = probes[t]
+            scaled = torch.cat([lam * x for lam in lambdas])
+            t_tensor = torch.tensor(t, device=sampler.device)
+            eps = sampler._eps(sampler.scheduler.scale_model_input(scaled, t_tensor), t_tensor)
+            eps = eps.detach().cpu().double().reshape(n_lambdas, n_probes, size)
+            total = eps[-1] + eps[0]
+            centre = total.mean(dim=0)
+            residuals.append(float(((total - centre).pow(2).sum() / eps[-1].pow(2).sum()).sqrt()))
+            curves.append(eps[:, :, pixels].transpose(0, 1).numpy())
+    channel, y, x_index = np.unravel_index(pixels, sampler.image_shape)
+    return xr.Dataset(
+        {
+            "residual": ("timestep", np.array(residuals)),
+            "curve": (("timestep", "probe", "lambda", "pixel"), np.stack(curves)),
+        },
+        coords={
+            "timestep": timesteps,
+            "probe": np.arange(n_probes),
+            "lambda": lambdas,
+            "pixel": pixels,
+            "channel": ("pixel", channel),
+            "y": ("pixel", y),
+            "x": ("pixel", x_index),
+        },
+    )
+
+
+def diagnose(
+    samplers: DiffusionSampler | Mapping[str, DiffusionSampler],
+    n_pairs: int = 64,
+    seed: int = 0,
+    timesteps: Sequence[int] | None = None,
+    n_probes: int = 8,
+    lpips: LpipsFn | None = None,
+    batch_size: int = 256,
+) -> xr.DataTree:
+    """Every diagnostic of one model, under one or more samplers (e.g. DDIM and DDPM).
+
+    Parameters
+    ----------
+    samplers : DiffusionSampler or mapping name -> DiffusionSampler
+        The same network under several samplers, e.g. ``{"ddim": eta 0, "ddpm": eta 1}``;
+        the antisymmetry test (a property of the network) uses the first one.
+    n_pairs : int
+        PN and RR pairs each, for pair and trajectory correlations and diversity.
+    seed : int
+    timesteps, n_probes
+        As for :func:`antisymmetry`.
+    lpips : callable, optional
+        See :func:`load_lpips`; LPIPS is skipped without it.
+    batch_size : int
+        Evaluations per sampler call in :func:`generate_pairs`.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``/pairs``: ``correlation(sampler, pairing, centring, pair)``,
+        ``ssim(sampler, pairing, pair)`` (and ``lpips``); ``/trajectory``:
+        ``x_t, eps(sampler, pairing, centring, step, pair)``; ``/antisymmetry``: see
+        :func:`antisymmetry`. Root attributes record the settings and model.
+    """
+    if not isinstance(samplers, Mapping):
+        samplers = {"sampler": samplers}
+    if not samplers:
+        raise ValueError("at least one sampler is needed")
+    names = list(samplers)
+    schedules = {n: [int(t) for t in _check_diffusion(s).scheduler.timesteps] for n, s in samplers.items()}
+    if any(v != schedules[names[0]] for v in schedules.values()):
+        raise ValueError(f"all samplers must share one timestep schedule, got {schedules}")
+    pairs, trajectories = [], []
+    for sampler in samplers.values():
+        images = generate_pairs(sampler, n_pairs, seed, batch_size)
+        pairs.append(xr.merge([pair_correlation(images), pair_diversity(images, lpips)]))
+        trajectories.append(trajectory_correlation(sampler, n_pairs, seed))
+    first = samplers[names[0]]
+    attrs = {
+        "model": type(first).__name__,
+        "samplers": ", ".join(
+            f"{n}: eta={s.eta:g}, {s.num_inference_steps} steps" for n, s in samplers.items()
+        ),
+        "n_pairs": int(n_pairs),
+        "seed": int(seed),
+        "lpips": "computed" if lpips is not None else "skipped: no LPIPS weights given (see load_lpips)",
+        "mcdiff_version": mcdiff_version(),
+    }
+    sampler_dim = xr.Variable("sampler", names)
+    return xr.DataTree.from_dict(
+        {
+            "/": xr.Dataset(attrs=attrs),
+            "pairs": xr.concat(pairs, dim=sampler_dim),
+            "trajectory": xr.concat(trajectories, dim=sampler_dim),
+            "antisymmetry": antisymmetry(first, timesteps, n_probes, seed=seed),
+        }
+    )
+
+
+def format_report(tree: xr.DataTree) -> str:
+    """A plain-text report of a :func:`diagnose` result: three tables of means over pairs.
+
+    Pair correlation and SSIM (and LPIPS) of PN vs RR per sampler; trajectory correlation of
+    ``x_t`` and ``eps`` by timestep (raw, PN / RR; at most 10 steps spread over the schedule,
+    every step is in the DataTree); antisymmetry residual by timestep.
+    """
+    pairs = tree["pairs"].to_dataset().mean("pair")
+    trajectory = tree["trajectory"].to_dataset().mean("pair").sel(centring="raw")
+    anti = tree["antisymmetry"].to_dataset()
+    attrs = tree.attrs
+    lines = [
+        f"mcdiff diagnose: {attrs.get('model')} ({attrs.get('samplers')}), "
+        f"{attrs.get('n_pairs')} pairs of each kind, seed {attrs.get('seed')}",
+        "",
+    ]
+    metrics = [m for m in ("ssim", "lpips") if m in pairs]
+    header = ["sampler", *(f"corr {k} {c}" for c in CENTRINGS for k in PAIRINGS)]
+    header += [f"{m.upper()} {k}" for m in metrics for k in PAIRINGS]
+    rows = []
+    for name in pairs["sampler"].values:
+        p = pairs.sel(sampler=name)
+        cells = [p["correlation"].sel(pairing=k, centring=c) for c in CENTRINGS for k in PAIRINGS]
+        cells += [p[m].sel(pairing=k) for m in metrics for k in PAIRINGS]
+        rows.append([str(name), *(f"{float(v):+.4f}" for v in cells)])
+    lines += ["Pair correlation (pixel-wise Pearson) and diversity, mean over pairs", *_table(header, rows)]
+    lines += ["", f"LPIPS {attrs.get('lpips')}"] if "lpips" not in pairs else []
+    columns = [(s, v, k) for s in trajectory["sampler"].values for v in ("x_t", "eps") for k in PAIRINGS]
+    header = ["timestep", *(f"{v} {k} {s}" for s, v, k in columns)]
+    rows = []
+    for step in _default_steps(10, trajectory.sizes["step"]):
+        at = trajectory.sel(step=step)
+        cells = [at[v].sel(sampler=s, pairing=k) for s, v, k in columns]
+        rows.append([str(int(at["timestep"])), *(f"{float(c):+.4f}" for c in cells)])
+    residuals = [[str(int(t)), f"{r:.3e}"] for t, r in zip(anti["timestep"].values, anti["residual"].values)]
+    lines += [
+        "",
+        "Trajectory correlation between partners (raw, at most 10 steps shown), mean over pairs",
+        *_table(header, rows),
+        "",
+        "Affine antisymmetry residual ||eps(x)+eps(-x)-2c_t|| / ||eps(x)||",
+        *_table(["timestep", "residual"], residuals),
+    ]
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = lambda row: "  ".join(c.rjust(w) for c, w in zip(row, widths))  # noqa: E731
+    return [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
+
+
+def save_figures(tree: xr.DataTree, directory: str | Path) -> list[Path]:
+    """Write the PNG figures of a :func:`diagnose` result into ``directory``.
+
+    ``pair_correlation.png`` (histograms PN vs RR, raw and centred, per sampler, means
+    marked), ``diversity.png`` (SSIM, and LPIPS, PN vs RR), ``trajectory_correlation.png``
+    (mean correlation of ``x_t`` and ``eps`` by timestep) and ``antisymmetry.png`` (the
+    curves ``eps(λ x)`` per probed timestep and the residual by timestep).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    pairs = tree["pairs"].to_dataset()
+    trajectory = tree["trajectory"].to_dataset()
+    anti = tree["antisymmetry"].to_dataset()
+    samplers = list(pairs["sampler"].values)
+    colours = {"PN": "tab:red", "RR": "tab:blue"}
+    written = []
+
+    def histograms(panels, filename, title):
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3), squeeze=False)
+        for ax, (label, data) in zip(axes[0], panels):
+            finite = {k: v[np.isfinite(v)] for k in PAIRINGS for v in [data.sel(pairing=k).values]}
+            pooled = np.concatenate(list(finite.values()))
+            low, high = (pooled.min(), pooled.max()) if len(pooled) else (-1.0, 1.0)
+            pad = 0.02 * (high - low) + 1e-3
+            bins = np.linspace(low - pad, high + pad, 31)
+            for k, v in finite.items():
+                mean = f"mean {v.mean():+.3f}" if len(v) else "all NaN"
+                ax.hist(v, bins=bins, alpha=0.55, color=colours[k], label=f"{k} {mean} (n={len(v)})")
+                if len(v):
+                    ax.axvline(v.mean(), color=colours[k], linestyle="--")
+            ax.set_title(label, fontsize=9)
+            ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        path = directory / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    histograms(
+        [(f"{s}, {c}", pairs["correlation"].sel(sampler=s, centring=c)) for s in samplers for c in CENTRINGS],
+        "pair_correlation.png",
+        "Pixel-wise Pearson correlation within pairs: antithetic (PN) vs independent (RR)",
+    )
+    metrics = [m for m in ("ssim", "lpips") if m in pairs]
+    histograms(
+        [(f"{s}, {m.upper()}", pairs[m].sel(sampler=s)) for s in samplers for m in metrics],
+        "diversity.png",
+        "Similarity of partners: PN vs RR",
+    )
+
+    fig, axes = plt.subplots(1, len(samplers), figsize=(4.5 * len(samplers), 3.2), squeeze=False)
+    for ax, s in zip(axes[0], samplers):
+        for v, style in (("x_t", "-"), ("eps", ":")):
+            for k in PAIRINGS:
+                mean = trajectory[v].sel(sampler=s, pairing=k, centring="raw").mean("pair")
+                ax.plot(trajectory["timestep"].values, mean.values, style, color=colours[k], marker=".",
+                        label=f"{v} {k}")
+        ax.invert_xaxis()
+        ax.set_ylim(-1.05, 1.05)
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_xlabel("timestep t (sampling runs left to right)")
+        ax.set_ylabel("mean correlation between partners")
+        ax.set_title(s, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = directory / "trajectory_correlation.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    n_t = anti.sizes["timestep"]
+    fig, axes = plt.subplots(1, n_t + 1, figsize=(2.8 * (n_t + 1), 2.9))
+    for ax, t in zip(axes[:-1], anti["timestep"].values):
+        curves = anti["curve"].sel(timestep=t).isel(probe=0)
+        for p in range(curves.sizes["pixel"]):
+            ax.plot(anti["lambda"].values, curves.isel(pixel=p).values, linewidth=1)
+        ax.axvline(0, color="grey", linewidth=0.5)
+        ax.set_title(f"t = {int(t)}", fontsize=9)
+        ax.set_xlabel("λ")
+    axes[0].set_ylabel("eps(λ x_t) at chosen pixels")
+    axes[-1].plot(anti["timestep"].values, anti["residual"].values, "o-")
+    axes[-1].set_ylim(bottom=0)
+    axes[-1].invert_xaxis()
+    axes[-1].set_title("antisymmetry residual", fontsize=9)
+    axes[-1].set_xlabel("timestep t")
+    fig.tight_layout()
+    path = directory / "antisymmetry.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    return written

@@ -1,0 +1,140 @@
+"""Diagnostics: exact answers on the analytic Gaussian model, graceful reports elsewhere."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from diffusers import DDIMScheduler, UNet2DModel
+from skimage.metrics import structural_similarity
+
+import mcdiff
+from mcdiff import diagnostics
+from mcdiff.cli import main
+
+
+@pytest.fixture(scope="module")
+def gaussian_samplers():
+    return {eta: mcdiff.GaussianSampler(num_inference_steps=6, eta=eta) for eta in (0.0, 1.0)}
+
+
+@pytest.fixture(scope="module")
+def random_unet_sampler():
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
+    return mcdiff.DiffusionSampler(unet, DDIMScheduler(), num_inference_steps=5)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0], ids=["ddim", "ddpm"])
+def test_gaussian_antithetic_pairs_are_exactly_anticorrelated(gaussian_samplers, eta):
+    sampler = gaussian_samplers[eta]
+    pairs = diagnostics.generate_pairs(sampler, n_pairs=8, seed=1)
+    corr = diagnostics.pair_correlation(pairs)
+    np.testing.assert_allclose(corr.sel(pairing="PN", centring="raw"), -1.0, atol=1e-6)
+    assert abs(float(corr.sel(pairing="RR").mean())) < 0.3
+    exact = diagnostics.pair_correlation(pairs, mean_image=sampler.expected_image())
+    np.testing.assert_allclose(exact.sel(pairing="PN", centring="centred"), -1.0, atol=1e-6)
+
+
+def test_gaussian_trajectory_partners_mirror_at_every_step(gaussian_samplers):
+    traj = diagnostics.trajectory_correlation(gaussian_samplers[1.0], n_pairs=4)
+    assert traj.sizes["step"] == 6 and list(traj["timestep"].values)[0] > list(traj["timestep"].values)[-1]
+    for name in ("x_t", "eps"):
+        np.testing.assert_allclose(traj[name].sel(pairing="PN", centring="raw"), -1.0, atol=1e-6)
+
+
+def test_gaussian_score_is_affine_antisymmetric():
+    mean = np.linspace(0.2, 0.8, 64).reshape(1, 8, 8)  # a non-zero centre c_t
+    sampler = mcdiff.GaussianSampler(mean=mean, num_inference_steps=6)
+    result = diagnostics.antisymmetry(sampler, n_probes=3, n_lambdas=5, n_pixels=4)
+    assert result["residual"].dims == ("timestep",) and result.sizes["timestep"] == 5
+    np.testing.assert_array_less(result["residual"].values, 1e-6)
+    curve = result["curve"]  # affine in lambda: equal steps along the grid
+    np.testing.assert_allclose(curve.diff("lambda").std("lambda"), 0.0, atol=1e-9)
+
+
+def test_antisymmetry_rejects_timesteps_outside_schedule(gaussian_samplers):
+    with pytest.raises(ValueError, match="not in the sampler's schedule"):
+        diagnostics.antisymmetry(gaussian_samplers[0.0], timesteps=[3])
+    with pytest.raises(ValueError, match="n_probes"):
+        diagnostics.antisymmetry(gaussian_samplers[0.0], n_probes=1)
+    with pytest.raises(ValueError, match="n_pairs"):
+        diagnostics.generate_pairs(gaussian_samplers[0.0], n_pairs=1)
+
+
+@pytest.mark.parametrize("side", [8, 16])
+def test_ssim_matches_skimage(side):
+    rng = np.random.default_rng(0)
+    a = rng.uniform(size=(2, 1, side, side))
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1)
+    ours = diagnostics.ssim(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    sigma = 1.5 if side >= 11 else 1.5 * 7 / 11
+    ref = [
+        structural_similarity(
+            a[i, 0], b[i, 0], data_range=1.0, gaussian_weights=True, sigma=sigma, use_sample_covariance=False
+        )
+        for i in range(2)
+    ]
+    np.testing.assert_allclose(ours, ref, rtol=1e-6)
+    np.testing.assert_allclose(diagnostics.ssim(torch.from_numpy(a), torch.from_numpy(a)).numpy(), 1.0)
+
+
+class MeanAbs(torch.nn.Module):
+    """A stand-in for an exported LPIPS network."""
+
+    def forward(self, a, b):
+        return (a - b).abs().mean(dim=(1, 2, 3))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("suffix", [".pt2", ".pt"], ids=["export", "torchscript"])
+def test_lpips_from_user_file(tmp_path, gaussian_samplers, suffix):
+    path = tmp_path / f"lpips{suffix}"
+    if suffix == ".pt2":
+        x = (torch.zeros(6, 3, 8, 8), torch.ones(6, 3, 8, 8))  # two tensors: export must not alias them
+        torch.export.save(torch.export.export(MeanAbs(), x), str(path))
+    else:
+        torch.jit.script(MeanAbs()).save(str(path))
+    pairs = diagnostics.generate_pairs(gaussian_samplers[0.0], n_pairs=3)
+    div = diagnostics.pair_diversity(pairs, lpips=diagnostics.load_lpips(path))
+    assert div["lpips"].dims == ("pairing", "pair") and np.isfinite(div["lpips"]).all()
+    assert float(div["lpips"].sel(pairing="PN").mean()) > 0
+
+
+def test_lpips_missing_file_says_how_to_provide_it(tmp_path):
+    with pytest.raises(ValueError, match="never downloads"):
+        diagnostics.load_lpips(tmp_path / "missing.pt2")
+
+
+def test_random_weight_network_is_reported_without_failing(random_unet_sampler, tmp_path):
+    tree = diagnostics.diagnose(random_unet_sampler, n_pairs=2, n_probes=2)
+    assert isinstance(tree, xr.DataTree)
+    corr = tree["pairs"]["correlation"].values
+    assert np.all(np.isnan(corr) | (np.abs(corr) <= 1 + 1e-9))
+    assert np.isfinite(tree["antisymmetry"]["residual"]).all()
+    assert "Affine antisymmetry residual" in diagnostics.format_report(tree)
+    assert len(diagnostics.save_figures(tree, tmp_path)) == 4
+
+
+def test_cli_diagnose_writes_report(tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["diagnose", "--model", "gaussian", "--steps", "4", "--n-pairs", "4", "--probes", "2"]
+    argv += ["-o", str(out)]
+    assert main(argv) == 0
+    assert "PN raw" in capsys.readouterr().out
+    names = {p.name for p in out.iterdir()}
+    assert {"report.txt", "diagnostics.nc", "pair_correlation.png", "antisymmetry.png"} <= names
+    with xr.open_datatree(out / "diagnostics.nc") as tree:
+        assert set(tree["pairs"]["sampler"].values) == {"ddim", "ddpm"}
+        np.testing.assert_allclose(
+            tree["pairs"]["correlation"].sel(pairing="PN", centring="raw"), -1.0, atol=1e-6
+        )
+    assert main(["diagnose", "--model", str(tmp_path / "nowhere")]) == 2
