@@ -1,0 +1,149 @@
+"""Model adapters: mcdiff's samplers equal diffusers' own loops given the same noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler, UNet2DModel
+
+import mcdiff
+from mcdiff.designs import Antithetic
+from mcdiff.samplers import DiffusionSampler, GaussianSampler
+from mcdiff.samplers.gaussian import GaussianScore
+
+SHAPE = (1, 8, 8)
+BATCH = 4
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def unet() -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=SHAPE[1],
+        in_channels=SHAPE[0],
+        out_channels=SHAPE[0],
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+    ).eval()
+
+
+def _antithetic_noise(spec, n=BATCH, seed=0) -> dict[str, torch.Tensor]:
+    draws = Antithetic().draw(spec, seed, 0, n, n)
+    return {name: torch.from_numpy(z).float() for name, z in draws.items()}
+
+
+@torch.inference_mode()
+def _diffusers_loop(unet, scheduler, steps, x, step_kwargs) -> torch.Tensor:
+    """The reference: ``unet`` + ``scheduler.step``, as diffusers' pipelines run it."""
+    scheduler.set_timesteps(steps)
+    for i, t in enumerate(scheduler.timesteps):
+        eps = unet(x, t).sample
+        x = scheduler.step(eps, t, x, **step_kwargs(i)).prev_sample
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_equals_diffusers_loop(unet, eta):
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    sampler = DiffusionSampler(unet, scheduler, num_inference_steps=5, eta=eta)
+    noise = _antithetic_noise(sampler.noise_spec)
+    assert set(noise) == ({"x_T", "steps"} if eta > 0 else {"x_T"})
+    with torch.inference_mode():
+        ours = sampler.sample(noise)
+    ref = _diffusers_loop(
+        unet, scheduler, 5, noise["x_T"], lambda i: {"eta": eta, "variance_noise": noise["steps"][:, i] if eta else None}
+    )
+    assert ours.shape == (BATCH, *SHAPE)
+    torch.testing.assert_close(ours, ref, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},  # diffusers' defaults: variance_type="fixed_small", clip_sample=True
+        {"variance_type": "fixed_large", "clip_sample": False, "steps_offset": 1},
+        {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+    ],
+)
+def test_ddpm_equals_ddpm_scheduler_step(unet, config):
+    scheduler = DDPMScheduler(num_train_timesteps=100, **config)
+    sampler = DiffusionSampler(unet, scheduler, num_inference_steps=5)
+    assert sampler.noise_spec == {"x_T": SHAPE, "steps": (5, *SHAPE)}
+    noise = _antithetic_noise(sampler.noise_spec)
+    # DDPMScheduler.step draws its noise from `generator` only when t > 0: record those draws.
+    generator, recorder = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    sampler.scheduler.set_timesteps(5)
+    for i, t in enumerate(sampler.scheduler.timesteps):
+        if t > 0:
+            noise["steps"][:, i] = torch.randn((BATCH, *SHAPE), generator=recorder)
+    with torch.inference_mode():
+        ours = sampler.sample(noise)
+    ref = _diffusers_loop(unet, scheduler, 5, noise["x_T"], lambda i: {"generator": generator})
+    torch.testing.assert_close(ours, ref, atol=TOL, rtol=0)
+
+
+def _brightness_pairs(sampler: DiffusionSampler, n_pairs: int = 64) -> np.ndarray:
+    noise = {
+        name: torch.from_numpy(z)
+        for name, z in Antithetic().draw(sampler.noise_spec, 3, 0, 2 * n_pairs, 2 * n_pairs).items()
+    }
+    with torch.inference_mode():
+        images = sampler.sample(noise)
+    return mcdiff.brightness(images).reshape(n_pairs, 2)
+
+
+def _gaussian_ddpm() -> DiffusionSampler:
+    scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False)
+    mean, std = torch.full(SHAPE, 0.4, dtype=torch.float64), torch.full(SHAPE, 0.15, dtype=torch.float64)
+    score = GaussianScore(2 * mean - 1, 2 * std, scheduler.alphas_cumprod)
+    return DiffusionSampler(
+        score, scheduler, num_inference_steps=10, image_shape=SHAPE, clip_output=False, dtype=torch.float64
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GaussianSampler(image_shape=SHAPE, num_inference_steps=10),
+        lambda: GaussianSampler(image_shape=SHAPE, num_inference_steps=10, eta=1.0),
+        _gaussian_ddpm,
+    ],
+    ids=["ddim", "ddim-eta1", "ddpm"],
+)
+def test_negated_noise_path_is_exact_antithetic_partner(make):
+    """On the affine (Gaussian) score every diffusers step is affine: corr(f(z), f(-z)) = -1."""
+    sampler = make()
+    pairs = _brightness_pairs(sampler)
+    assert np.corrcoef(pairs.T)[0, 1] == pytest.approx(-1.0, abs=1e-10)
+    centre = float(mcdiff.brightness(sampler.sample({k: torch.zeros(1, *s, dtype=torch.float64)
+                                                     for k, s in sampler.noise_spec.items()}))[0])
+    np.testing.assert_allclose(pairs.mean(axis=1), centre, atol=1e-10)
+    assert pairs.std() > 0.01
+
+
+def test_unsupported_scheduler_names_the_supported_ones(unet):
+    with pytest.raises(ValueError, match="PNDMScheduler is not supported; supported: DDIMScheduler, DDPMScheduler"):
+        DiffusionSampler(unet, PNDMScheduler(), num_inference_steps=5)
+
+
+@pytest.mark.parametrize("scheduler", [DDIMScheduler(num_train_timesteps=20), DDPMScheduler(num_train_timesteps=20)])
+def test_steps_larger_than_training_steps(unet, scheduler):
+    with pytest.raises(ValueError, match=r"num_inference_steps=21 must be in \[1, 20\]"):
+        DiffusionSampler(unet, scheduler, num_inference_steps=21)
+
+
+@pytest.mark.parametrize(
+    ("config", "eta", "match"),
+    [
+        ({}, 0.5, "eta=0.5 applies to DDIMScheduler only"),
+        ({"variance_type": "learned_range"}, 0.0, "variance_type='learned_range' is not supported; supported: fixed_small"),
+    ],
+)
+def test_ddpm_settings_without_caller_noise_are_refused(unet, config, eta, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionSampler(unet, DDPMScheduler(**config), num_inference_steps=5, eta=eta)
