@@ -147,3 +147,41 @@ def test_steps_larger_than_training_steps(unet, scheduler):
 def test_ddpm_settings_without_caller_noise_are_refused(unet, config, eta, match):
     with pytest.raises(ValueError, match=match):
         DiffusionSampler(unet, DDPMScheduler(**config), num_inference_steps=5, eta=eta)
+
+
+def _recording_sampler(batches: list[int]) -> mcdiff.FunctionSampler:
+    def squash(noise):
+        batches.append(len(noise["x_T"]))
+        return torch.sigmoid(noise["x_T"] + 0.3 * noise["steps"].sum(1))
+
+    return mcdiff.FunctionSampler(squash, {"x_T": SHAPE, "steps": (3, *SHAPE)}, SHAPE, nfe=3)
+
+
+def test_function_sampler_runs_in_the_runner_without_splitting_pairs():
+    batches: list[int] = []
+    odd = mcdiff.estimate(_recording_sampler(batches), ["brightness"], ["amc"], n_evals=16, batch_size=5)
+    assert batches == [4, 4, 4, 4]
+    whole = mcdiff.estimate(_recording_sampler([]), ["brightness"], ["amc"], n_evals=16, batch_size=16)
+    np.testing.assert_array_equal(odd["draws"]["brightness"].values, whole["draws"]["brightness"].values)
+    assert odd["summary"].attrs["function"] == "squash"
+    assert odd["summary"].attrs["nfe_per_sample"] == 3
+
+
+def test_batch_size_that_cannot_hold_a_pair():
+    with pytest.raises(ValueError, match="batch_size=1 cannot hold a pair of design 'amc'"):
+        mcdiff.estimate(_recording_sampler([]), ["brightness"], ["mc", "amc"], n_evals=16, batch_size=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"image_shape": (8, 8)}, r"image_shape must be a tuple of 3 positive integers, got \(8, 8\)"),
+        ({"noise_spec": {}}, "noise_spec must name at least one noise component"),
+        ({"noise_spec": {"x_T": (1, 0, 8)}}, r"noise_spec\['x_T'\] must be a tuple of positive integers"),
+        ({"nfe": 0}, "nfe must be a positive integer, got 0"),
+    ],
+)
+def test_function_sampler_checks_its_contract(kwargs, match):
+    args = {"fn": torch.sigmoid, "noise_spec": {"x_T": SHAPE}, "image_shape": SHAPE, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        mcdiff.FunctionSampler(**args)
