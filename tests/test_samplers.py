@@ -185,3 +185,38 @@ def test_function_sampler_checks_its_contract(kwargs, match):
     args = {"fn": torch.sigmoid, "noise_spec": {"x_T": SHAPE}, "image_shape": SHAPE, **kwargs}
     with pytest.raises(ValueError, match=match):
         mcdiff.FunctionSampler(**args)
+
+
+def test_from_pretrained_pipeline_directory(unet, tmp_path):
+    from diffusers import DDPMPipeline
+
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(tmp_path)
+    assert (tmp_path / "model_index.json").is_file()
+    loaded = DiffusionSampler.from_pretrained(tmp_path, num_inference_steps=4, device="cpu")
+    in_memory = DiffusionSampler(unet, DDPMScheduler(num_train_timesteps=100), num_inference_steps=4)
+    assert loaded.noise_spec == in_memory.noise_spec == {"x_T": SHAPE, "steps": (4, *SHAPE)}
+    noise = _antithetic_noise(loaded.noise_spec)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.sample(noise), in_memory.sample(noise), atol=TOL, rtol=0)
+    as_ddim = DiffusionSampler.from_pretrained(tmp_path, num_inference_steps=4, scheduler="DDIMScheduler")
+    assert type(as_ddim.scheduler).__name__ == "DDIMScheduler"
+    assert as_ddim.noise_spec == {"x_T": SHAPE}
+
+
+def test_from_pretrained_unet_and_scheduler_folders(unet, tmp_path):
+    unet.save_pretrained(tmp_path / "unet")
+    DDIMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "scheduler")
+    loaded = DiffusionSampler.from_pretrained(tmp_path, num_inference_steps=4, device="cpu", dtype=torch.float64)
+    assert loaded.dtype == torch.float64 and next(loaded.unet.parameters()).dtype == torch.float64
+    assert loaded.device == torch.device("cpu")
+
+
+def test_from_pretrained_refuses_what_it_cannot_run(unet, tmp_path):
+    with pytest.raises(ValueError, match="is not a diffusers model directory: expected model_index.json"):
+        DiffusionSampler.from_pretrained(tmp_path)
+    unet.save_pretrained(tmp_path / "unet")
+    PNDMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "scheduler")
+    with pytest.raises(ValueError, match="PNDMScheduler is not supported; supported: DDIMScheduler, DDPMScheduler"):
+        DiffusionSampler.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="num_inference_steps=101 must be in"):
+        DiffusionSampler.from_pretrained(tmp_path, num_inference_steps=101, scheduler="DDIMScheduler")

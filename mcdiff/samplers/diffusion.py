@@ -291,8 +291,8 @@ class DiffusionSampler(Sampler):
                 f"{str(path)!r} holds a {unet_class}; DiffusionSampler runs UNet2DModel only "
                 "(load a latent or text-conditioned pipeline with diffusers and use PipelineSampler)"
             )
-        stored = SchedulerMixin.load_config(root / "scheduler")
-        name = scheduler or stored["_class_name"]
+        stored = json.loads(scheduler_config.read_text())
+        name = scheduler or stored.get("_class_name", "<no _class_name>")
         check_scheduler_name(name)
         unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True)
         return cls(
