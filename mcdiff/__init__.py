@@ -9,7 +9,7 @@ from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
 from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
 from mcdiff.results import format_table, load_result, save_result, to_arviz
 from mcdiff.runner import estimate
-from mcdiff.samplers import DiffusionSampler, FunctionSampler, GaussianSampler, Sampler
+from mcdiff.samplers import DiffusionSampler, FunctionSampler, GaussianSampler, PipelineSampler, Sampler
 
 __all__ = [
     "Antithetic",
@@ -18,6 +18,7 @@ __all__ = [
     "FunctionSampler",
     "GaussianSampler",
     "MonteCarlo",
+    "PipelineSampler",
     "Sampler",
     "SobolRQMC",
     "Statistic",

@@ -220,3 +220,72 @@ def test_from_pretrained_refuses_what_it_cannot_run(unet, tmp_path):
         DiffusionSampler.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="num_inference_steps=101 must be in"):
         DiffusionSampler.from_pretrained(tmp_path, num_inference_steps=101, scheduler="DDIMScheduler")
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    """A randomly initialised StableDiffusionPipeline from tiny configs (latents 4x8x8, images 3x16x16)."""
+    transformers = pytest.importorskip("transformers")
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+
+    words = tmp_path_factory.mktemp("tokenizer")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3, "t</w>": 4, "c": 5, "at</w>": 6, "cat</w>": 7}
+    (words / "vocab.json").write_text(__import__("json").dumps(vocab))
+    (words / "merges.txt").write_text("#version: 0.2\na t</w>\nc at</w>\n")
+    tokenizer = transformers.CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=16)
+    torch.manual_seed(0)
+    text_encoder = transformers.CLIPTextModel(
+        transformers.CLIPTextConfig(
+            vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    scheduler = DDIMScheduler(num_train_timesteps=100, clip_sample=False, steps_offset=1)
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def test_pipeline_sampler_equals_a_direct_pipeline_call(tiny_sd):
+    sampler = mcdiff.PipelineSampler(tiny_sd, prompt="a cat", guidance_scale=3.0, num_inference_steps=3)
+    assert sampler.noise_spec == {"x_T": (4, 8, 8)}
+    assert sampler.image_shape == (3, 16, 16)
+    assert sampler.nfe == 6
+    noise = _antithetic_noise(sampler.noise_spec)
+    with torch.inference_mode():
+        ours = sampler.sample(noise)
+        ref = tiny_sd(
+            ["a cat"] * BATCH, latents=noise["x_T"], guidance_scale=3.0, num_inference_steps=3, output_type="np"
+        ).images
+    assert ours.shape == (BATCH, 3, 16, 16) and 0 <= ours.min() and ours.max() <= 1
+    torch.testing.assert_close(ours, torch.from_numpy(ref).permute(0, 3, 1, 2), atol=TOL, rtol=0)
+    result = mcdiff.estimate(sampler, ["brightness"], ["amc"], n_evals=4, batch_size=4)
+    assert result["summary"].attrs["prompt"] == "a cat"
+
+
+def test_pipeline_sampler_refuses_noise_it_cannot_control(tiny_sd, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    ancestral = StableDiffusionPipeline(
+        **{**tiny_sd.components, "scheduler": DDPMScheduler.from_config(tiny_sd.scheduler.config)}
+    )
+    with pytest.raises(ValueError, match="DDPMScheduler is not supported.*supported .deterministic.: DDIM"):
+        mcdiff.PipelineSampler(ancestral, prompt="a cat", num_inference_steps=3)
+    with pytest.raises(ValueError, match="eta=0.5 would make the pipeline draw step noise"):
+        mcdiff.PipelineSampler(tiny_sd, prompt="a cat", num_inference_steps=3, eta=0.5)
+    with pytest.raises(ValueError, match="num_inference_steps=200 must be in"):
+        mcdiff.PipelineSampler(tiny_sd, prompt="a cat", num_inference_steps=200)
+    tiny_sd.unet.save_pretrained(tmp_path / "unet")
+    tiny_sd.scheduler.save_pretrained(tmp_path / "scheduler")
+    with pytest.raises(ValueError, match="holds a UNet2DConditionModel.*use PipelineSampler"):
+        DiffusionSampler.from_pretrained(tmp_path)

@@ -47,6 +47,16 @@ def check_scheduler_name(name: str) -> None:
         raise ValueError(f"scheduler {name} is not supported; supported: {', '.join(SUPPORTED_SCHEDULERS)}")
 
 
+def check_num_inference_steps(num_inference_steps: int, scheduler: SchedulerMixin) -> None:
+    """Raise ``ValueError`` unless ``1 <= num_inference_steps <= num_train_timesteps``."""
+    train_steps = scheduler.config.num_train_timesteps
+    if isinstance(num_inference_steps, bool) or not 1 <= num_inference_steps <= train_steps:
+        raise ValueError(
+            f"num_inference_steps={num_inference_steps} must be in [1, {train_steps}] "
+            f"(the scheduler's num_train_timesteps)"
+        )
+
+
 def _as_eps_model(unet) -> EpsModel:
     """Wrap a diffusers ``UNet2DModel`` (output ``.sample``) or a plain callable."""
 
@@ -194,12 +204,7 @@ class DiffusionSampler(Sampler):
     ):
         name = type(scheduler).__name__
         check_scheduler_name(name)
-        train_steps = scheduler.config.num_train_timesteps
-        if isinstance(num_inference_steps, bool) or not 1 <= num_inference_steps <= train_steps:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps} must be in [1, {train_steps}] "
-                f"(the scheduler's num_train_timesteps)"
-            )
+        check_num_inference_steps(num_inference_steps, scheduler)
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         if name == "DDPMScheduler":
