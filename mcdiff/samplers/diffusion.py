@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,9 +37,8 @@ def _module_placement(module) -> tuple[torch.device, torch.dtype] | None:
     """Device and dtype of a module's first parameter or buffer; ``None`` if it has neither."""
     if not isinstance(module, torch.nn.Module):
         return None
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device, tensor.dtype
-    return None
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return None if tensor is None else (tensor.device, tensor.dtype)
 
 
 def check_scheduler_name(name: str) -> None:
@@ -230,12 +230,11 @@ class DiffusionSampler(Sampler):
             height, width = (size, size) if isinstance(size, int) else tuple(size)
             image_shape = (config.in_channels, height, width)
         placement = _module_placement(unet)
-        if device is not None or dtype is not None:
-            if placement is not None:
-                unet.to(device=device, dtype=dtype)
         own_device, own_dtype = placement or (torch.device("cpu"), torch.float32)
         self.device = torch.device(device) if device is not None else own_device
         self.dtype = dtype if dtype is not None else own_dtype
+        if placement is not None and (self.device, self.dtype) != placement:
+            unet.to(device=self.device, dtype=self.dtype)
         if not self.dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {self.dtype}")
         self.image_shape = tuple(int(s) for s in image_shape)
