@@ -3,9 +3,9 @@
 mcdiff's side is the full evaluation path of :func:`mcdiff.runner.evaluate_design`: noise
 drawn by the antithetic design from ``(seed, address)``, the sampler, and a statistic (the
 brightness of each image). The plain side is what a diffusers user writes: ``torch.randn``,
-``unet`` + ``scheduler.step`` in a loop, and the mean of each image. Repeats alternate between
-the two so that load from other processes hits both alike; the table reports the fastest repeat
-of each side (the least disturbed by other processes).
+``unet`` + ``scheduler.step`` in a loop, and the mean of each image. Repeats cycle through
+all four runs (DDIM and DDPM, plain and mcdiff) so that load from other processes hits them
+alike; the table reports each run's fastest repeat (the least disturbed by other processes).
 
 Run: ``python benchmarks/throughput.py`` (``--help`` for sizes, device and dtype).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
@@ -68,8 +69,8 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[16, 32], help="UNet block widths (default 16 32)")
     parser.add_argument("--steps", type=int, default=10, help="sampling steps (default 10)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("-n", "--n-evals", type=int, default=64, help="evaluations per repeat (default 64)")
-    parser.add_argument("--repeats", type=int, default=10, help="timed repeats per side (default 10)")
+    parser.add_argument("-n", "--n-evals", type=int, default=32, help="evaluations per repeat (default 32)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed repeats per run (default 30)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -88,22 +89,23 @@ def main() -> None:
         f"{torch.get_num_threads()} threads"
     )
     print(f"{'sampler':<10} {'plain img/s':>12} {'mcdiff img/s':>13} {'ratio':>7} {'overhead':>9}")
+    runs = {}
     for label, scheduler in (
         ("DDIM", DDIMScheduler(num_train_timesteps=1000)),
         ("DDPM", DDPMScheduler(num_train_timesteps=1000)),
     ):
         sampler = DiffusionSampler(unet, scheduler, num_inference_steps=args.steps, device=device, dtype=dtype)
-        plain = lambda: _plain_loop(unet, scheduler, args.steps, args.n_evals, args.batch, shape, device, dtype)  # noqa: E731
-        ours = lambda: evaluate_design(sampler, [brightness], Antithetic(), args.n_evals, 0, args.batch)  # noqa: E731
-        plain(), ours()  # warm-up
-        times = {"plain": [], "mcdiff": []}
-        for _ in range(args.repeats):
-            times["plain"].append(_timed(plain))
-            times["mcdiff"].append(_timed(ours))
-        rate = {side: args.n_evals / min(t) for side, t in times.items()}
-        ratio = rate["mcdiff"] / rate["plain"]
-        print(f"{label:<10} {rate['plain']:>12.1f} {rate['mcdiff']:>13.1f} {ratio:>7.3f} {1 - ratio:>9.1%}")
-
+        runs[label, "plain"] = partial(_plain_loop, unet, scheduler, args.steps, args.n_evals, args.batch, shape, device, dtype)
+        runs[label, "mcdiff"] = partial(evaluate_design, sampler, [brightness], Antithetic(), args.n_evals, 0, args.batch)
+    for run in runs.values():  # warm-up
+        run()
+    times = {key: [] for key in runs}
+    for _ in range(args.repeats):
+        for key, run in runs.items():
+            times[key].append(_timed(run))
+    for label in ("DDIM", "DDPM"):
+        plain, ours = (args.n_evals / min(times[label, side]) for side in ("plain", "mcdiff"))
+        print(f"{label:<10} {plain:>12.1f} {ours:>13.1f} {ours / plain:>7.3f} {1 - ours / plain:>9.1%}")
 
 if __name__ == "__main__":
     main()
