@@ -66,7 +66,9 @@ def _timed(fn) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16, help="image side (default 16)")
-    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32], help="UNet block widths (default 16 32)")
+    parser.add_argument(
+        "--channels", type=int, nargs="+", default=[16, 32], help="UNet block widths (default 16 32)"
+    )
     parser.add_argument("--steps", type=int, default=10, help="sampling steps (default 10)")
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("-n", "--n-evals", type=int, default=32, help="evaluations per repeat (default 32)")
@@ -94,9 +96,15 @@ def main() -> None:
         ("DDIM", DDIMScheduler(num_train_timesteps=1000)),
         ("DDPM", DDPMScheduler(num_train_timesteps=1000)),
     ):
-        sampler = DiffusionSampler(unet, scheduler, num_inference_steps=args.steps, device=device, dtype=dtype)
-        runs[label, "plain"] = partial(_plain_loop, unet, scheduler, args.steps, args.n_evals, args.batch, shape, device, dtype)
-        runs[label, "mcdiff"] = partial(evaluate_design, sampler, [brightness], Antithetic(), args.n_evals, 0, args.batch)
+        sampler = DiffusionSampler(
+            unet, scheduler, num_inference_steps=args.steps, device=device, dtype=dtype
+        )
+        runs[label, "plain"] = partial(
+            _plain_loop, unet, scheduler, args.steps, args.n_evals, args.batch, shape, device, dtype
+        )
+        runs[label, "mcdiff"] = partial(
+            evaluate_design, sampler, [brightness], Antithetic(), args.n_evals, 0, args.batch
+        )
     for run in runs.values():  # warm-up
         run()
     times = {key: [] for key in runs}
@@ -106,6 +114,7 @@ def main() -> None:
     for label in ("DDIM", "DDPM"):
         plain, ours = (args.n_evals / min(times[label, side]) for side in ("plain", "mcdiff"))
         print(f"{label:<10} {plain:>12.1f} {ours:>13.1f} {ours / plain:>7.3f} {1 - ours / plain:>9.1%}")
+
 
 if __name__ == "__main__":
     main()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,11 @@ def test_ddim_equals_diffusers_loop(unet, eta):
     with torch.inference_mode():
         ours = sampler.sample(noise)
     ref = _diffusers_loop(
-        unet, scheduler, 5, noise["x_T"], lambda i: {"eta": eta, "variance_noise": noise["steps"][:, i] if eta else None}
+        unet,
+        scheduler,
+        5,
+        noise["x_T"],
+        lambda i: {"eta": eta, "variance_noise": noise["steps"][:, i] if eta else None},
     )
     assert ours.shape == (BATCH, *SHAPE)
     torch.testing.assert_close(ours, ref, atol=TOL, rtol=0)
@@ -120,18 +126,27 @@ def test_negated_noise_path_is_exact_antithetic_partner(make):
     sampler = make()
     pairs = _brightness_pairs(sampler)
     assert np.corrcoef(pairs.T)[0, 1] == pytest.approx(-1.0, abs=1e-10)
-    centre = float(mcdiff.brightness(sampler.sample({k: torch.zeros(1, *s, dtype=torch.float64)
-                                                     for k, s in sampler.noise_spec.items()}))[0])
+    centre = float(
+        mcdiff.brightness(
+            sampler.sample(
+                {k: torch.zeros(1, *s, dtype=torch.float64) for k, s in sampler.noise_spec.items()}
+            )
+        )[0]
+    )
     np.testing.assert_allclose(pairs.mean(axis=1), centre, atol=1e-10)
     assert pairs.std() > 0.01
 
 
 def test_unsupported_scheduler_names_the_supported_ones(unet):
-    with pytest.raises(ValueError, match="PNDMScheduler is not supported; supported: DDIMScheduler, DDPMScheduler"):
+    with pytest.raises(
+        ValueError, match="PNDMScheduler is not supported; supported: DDIMScheduler, DDPMScheduler"
+    ):
         DiffusionSampler(unet, PNDMScheduler(), num_inference_steps=5)
 
 
-@pytest.mark.parametrize("scheduler", [DDIMScheduler(num_train_timesteps=20), DDPMScheduler(num_train_timesteps=20)])
+@pytest.mark.parametrize(
+    "scheduler", [DDIMScheduler(num_train_timesteps=20), DDPMScheduler(num_train_timesteps=20)]
+)
 def test_steps_larger_than_training_steps(unet, scheduler):
     with pytest.raises(ValueError, match=r"num_inference_steps=21 must be in \[1, 20\]"):
         DiffusionSampler(unet, scheduler, num_inference_steps=21)
@@ -141,7 +156,11 @@ def test_steps_larger_than_training_steps(unet, scheduler):
     ("config", "eta", "match"),
     [
         ({}, 0.5, "eta=0.5 applies to DDIMScheduler only"),
-        ({"variance_type": "learned_range"}, 0.0, "variance_type='learned_range' is not supported; supported: fixed_small"),
+        (
+            {"variance_type": "learned_range"},
+            0.0,
+            "variance_type='learned_range' is not supported; supported: fixed_small",
+        ),
     ],
 )
 def test_ddpm_settings_without_caller_noise_are_refused(unet, config, eta, match):
@@ -206,7 +225,9 @@ def test_from_pretrained_pipeline_directory(unet, tmp_path):
 def test_from_pretrained_unet_and_scheduler_folders(unet, tmp_path):
     unet.save_pretrained(tmp_path / "unet")
     DDIMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "scheduler")
-    loaded = DiffusionSampler.from_pretrained(tmp_path, num_inference_steps=4, device="cpu", dtype=torch.float64)
+    loaded = DiffusionSampler.from_pretrained(
+        tmp_path, num_inference_steps=4, device="cpu", dtype=torch.float64
+    )
     assert loaded.dtype == torch.float64 and next(loaded.unet.parameters()).dtype == torch.float64
     assert loaded.device == torch.device("cpu")
 
@@ -216,7 +237,9 @@ def test_from_pretrained_refuses_what_it_cannot_run(unet, tmp_path):
         DiffusionSampler.from_pretrained(tmp_path)
     unet.save_pretrained(tmp_path / "unet")
     PNDMScheduler(num_train_timesteps=100).save_pretrained(tmp_path / "scheduler")
-    with pytest.raises(ValueError, match="PNDMScheduler is not supported; supported: DDIMScheduler, DDPMScheduler"):
+    with pytest.raises(
+        ValueError, match="PNDMScheduler is not supported; supported: DDIMScheduler, DDPMScheduler"
+    ):
         DiffusionSampler.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="num_inference_steps=101 must be in"):
         DiffusionSampler.from_pretrained(tmp_path, num_inference_steps=101, scheduler="DDIMScheduler")
@@ -229,30 +252,66 @@ def tiny_sd(tmp_path_factory):
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 
     words = tmp_path_factory.mktemp("tokenizer")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "a": 3, "t</w>": 4, "c": 5, "at</w>": 6, "cat</w>": 7}
-    (words / "vocab.json").write_text(__import__("json").dumps(vocab))
+    vocab = {
+        "<|startoftext|>": 0,
+        "<|endoftext|>": 1,
+        "a</w>": 2,
+        "a": 3,
+        "t</w>": 4,
+        "c": 5,
+        "at</w>": 6,
+        "cat</w>": 7,
+    }
+    (words / "vocab.json").write_text(json.dumps(vocab))
     (words / "merges.txt").write_text("#version: 0.2\na t</w>\nc at</w>\n")
-    tokenizer = transformers.CLIPTokenizer(str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=16)
+    tokenizer = transformers.CLIPTokenizer(
+        str(words / "vocab.json"), str(words / "merges.txt"), model_max_length=16
+    )
     torch.manual_seed(0)
     text_encoder = transformers.CLIPTextModel(
         transformers.CLIPTextConfig(
-            vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+            vocab_size=len(vocab),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
         )
     )
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        attention_head_dim=2,
+        norm_num_groups=4,
     )
     vae = AutoencoderKL(
-        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=16,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
     )
     scheduler = DDIMScheduler(num_train_timesteps=100, clip_sample=False, steps_offset=1)
     return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -265,7 +324,11 @@ def test_pipeline_sampler_equals_a_direct_pipeline_call(tiny_sd):
     with torch.inference_mode():
         ours = sampler.sample(noise)
         ref = tiny_sd(
-            ["a cat"] * BATCH, latents=noise["x_T"], guidance_scale=3.0, num_inference_steps=3, output_type="np"
+            ["a cat"] * BATCH,
+            latents=noise["x_T"],
+            guidance_scale=3.0,
+            num_inference_steps=3,
+            output_type="np",
         ).images
     assert ours.shape == (BATCH, 3, 16, 16) and 0 <= ours.min() and ours.max() <= 1
     torch.testing.assert_close(ours, torch.from_numpy(ref).permute(0, 3, 1, 2), atol=TOL, rtol=0)

@@ -111,7 +111,9 @@ def ddpm_step(
     timesteps = scheduler.timesteps
     t = timesteps[index]
     alpha_prod_t = scheduler.alphas_cumprod[t]
-    alpha_prod_t_prev = scheduler.alphas_cumprod[timesteps[index + 1]] if index + 1 < len(timesteps) else scheduler.one
+    alpha_prod_t_prev = (
+        scheduler.alphas_cumprod[timesteps[index + 1]] if index + 1 < len(timesteps) else scheduler.one
+    )
     beta_prod_t = 1 - alpha_prod_t
     beta_prod_t_prev = 1 - alpha_prod_t_prev
     current_alpha_t = alpha_prod_t / alpha_prod_t_prev
@@ -283,7 +285,10 @@ class DiffusionSampler(Sampler):
             ``image_shape``, ``prior_mean``, ``clip_output`` of :class:`DiffusionSampler`.
         """
         root = Path(path)
-        unet_config, scheduler_config = root / "unet" / "config.json", root / "scheduler" / "scheduler_config.json"
+        unet_config, scheduler_config = (
+            root / "unet" / "config.json",
+            root / "scheduler" / "scheduler_config.json",
+        )
         if not (unet_config.is_file() and scheduler_config.is_file()):
             raise ValueError(
                 f"{str(path)!r} is not a diffusers model directory: expected model_index.json with "
@@ -331,7 +336,9 @@ class DiffusionSampler(Sampler):
             x = self._step(i, t, eps, x, noise["steps"][:, i] if self.stochastic else None)
         yield None, x, None
 
-    def _step(self, index: int, t: torch.Tensor, eps: torch.Tensor, x: torch.Tensor, step_noise) -> torch.Tensor:
+    def _step(
+        self, index: int, t: torch.Tensor, eps: torch.Tensor, x: torch.Tensor, step_noise
+    ) -> torch.Tensor:
         if isinstance(self.scheduler, DDPMScheduler):
             return ddpm_step(self.scheduler, eps, index, x, step_noise)
         return self.scheduler.step(eps, t, x, eta=self.eta, variance_noise=step_noise).prev_sample

@@ -82,14 +82,20 @@ class PipelineSampler(Sampler):
     ):
         for component in ("unet", "vae", "scheduler"):
             if getattr(pipe, component, None) is None:
-                raise ValueError(f"pipe must be a latent diffusers pipeline with a {component}; {type(pipe).__name__} has none")
+                raise ValueError(
+                    f"pipe must be a latent diffusers pipeline with a {component}; "
+                    f"{type(pipe).__name__} has none"
+                )
         if "latents" not in inspect.signature(pipe.__call__).parameters:
-            raise ValueError(f"{type(pipe).__name__}.__call__ takes no latents=, so mcdiff cannot give it its noise")
-        name = type(pipe.scheduler).__name__
-        if name not in PIPELINE_SCHEDULERS or "sde" in str(getattr(pipe.scheduler.config, "algorithm_type", "")):
             raise ValueError(
-                f"scheduler {name} is not supported: it is stochastic or untested, and its noise would not come "
-                f"from mcdiff; supported (deterministic): {', '.join(PIPELINE_SCHEDULERS)}"
+                f"{type(pipe).__name__}.__call__ takes no latents=, so mcdiff cannot give it its noise"
+            )
+        name = type(pipe.scheduler).__name__
+        stochastic = "sde" in str(getattr(pipe.scheduler.config, "algorithm_type", ""))
+        if name not in PIPELINE_SCHEDULERS or stochastic:
+            raise ValueError(
+                f"scheduler {name} is not supported: it is stochastic or untested, and its noise would "
+                f"not come from mcdiff; supported (deterministic): {', '.join(PIPELINE_SCHEDULERS)}"
             )
         check_num_inference_steps(num_inference_steps, pipe.scheduler)
         if not guidance_scale >= 0:
