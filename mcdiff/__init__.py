@@ -10,14 +10,16 @@ from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
 from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
 from mcdiff.results import format_table, load_result, save_result, to_arviz
 from mcdiff.runner import estimate
-from mcdiff.samplers import DiffusionSampler, GaussianSampler, Sampler
+from mcdiff.samplers import DiffusionSampler, FunctionSampler, GaussianSampler, PipelineSampler, Sampler
 
 __all__ = [
     "Antithetic",
     "Design",
     "DiffusionSampler",
+    "FunctionSampler",
     "GaussianSampler",
     "MonteCarlo",
+    "PipelineSampler",
     "Sampler",
     "SobolRQMC",
     "Statistic",

@@ -2,6 +2,8 @@
 
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.diffusion import DiffusionSampler
+from mcdiff.samplers.function import FunctionSampler
 from mcdiff.samplers.gaussian import GaussianSampler
+from mcdiff.samplers.pipeline import PipelineSampler
 
-__all__ = ["DiffusionSampler", "GaussianSampler", "Sampler"]
+__all__ = ["DiffusionSampler", "FunctionSampler", "GaussianSampler", "PipelineSampler", "Sampler"]
