@@ -54,15 +54,19 @@ def _run_estimate(args) -> None:
 
 
 def _load_diagnose_samplers(model: str, steps: int, ddpm: bool) -> dict:
-    """``{"ddim": eta 0, "ddpm": eta 1}`` samplers of ``gaussian`` or a diffusers directory."""
-    etas = {"ddim": 0.0, **({"ddpm": 1.0} if ddpm else {})}
+    """``{"ddim": DDIM, "ddpm": ancestral DDPM}`` samplers of ``gaussian`` or a diffusers directory.
+
+    The analytic model has no DDPM scheduler; its stochastic sampler is DDIM with eta = 1.
+    """
     if model == "gaussian":
+        etas = {"ddim": 0.0, **({"ddpm": 1.0} if ddpm else {})}
         return {name: GaussianSampler(num_inference_steps=steps, eta=eta) for name, eta in etas.items()}
     if not Path(model).is_dir():
         raise ValueError(f"--model must be 'gaussian' or a diffusers model directory; {model!r} is neither")
+    schedulers = {"ddim": "DDIMScheduler", **({"ddpm": "DDPMScheduler"} if ddpm else {})}
     return {
-        name: DiffusionSampler.from_pretrained(model, num_inference_steps=steps, eta=eta)
-        for name, eta in etas.items()
+        name: DiffusionSampler.from_pretrained(model, num_inference_steps=steps, scheduler=scheduler)
+        for name, scheduler in schedulers.items()
     }
 
 
@@ -81,7 +85,7 @@ def _add_diagnose(sub) -> None:
         "--ddpm",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also run DDPM (DDIM eta=1, whole noise path negated) beside DDIM (default: yes)",
+        help="also run DDPM (whole noise path negated) beside DDIM (default: yes)",
     )
     p.add_argument(
         "--lpips",
