@@ -52,10 +52,70 @@ def _run_estimate(args) -> None:
     print(f"\nwrote {save_result(result, args.output)}")
 
 
+def _add_train(sub) -> None:
+    from mcdiff.data import DATASETS
+    from mcdiff.training import OBJECTIVES
+
+    p = sub.add_parser("train", help="train a small diffusion model (DDPM objective, EMA, resumable)")
+    p.add_argument("--data", default="digits", choices=DATASETS, help="training data set (default digits)")
+    p.add_argument("--size", type=int, default=None, help="image side (default: 8 digits, 16 synthetic)")
+    p.add_argument("--objective", default="epsilon", choices=OBJECTIVES)
+    p.add_argument("--offset-weight", type=float, default=0.1, help="w of the offset objectives")
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="channels per U-Net level")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest on a shared machine)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output model directory")
+    p.set_defaults(run=_run_train)
+
+
+def _train_command(args) -> str:
+    """The canonical ``mcdiff train`` command line that reproduces ``args``."""
+    size = [] if args.size is None else ["--size", str(args.size)]
+    parts = [
+        "mcdiff", "train", "--data", args.data, *size, "--objective", args.objective,
+        "--offset-weight", repr(args.offset_weight), "--steps", str(args.steps),
+        "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--ema-decay", repr(args.ema_decay),
+        "--channels", *map(str, args.channels), "--seed", str(args.seed),
+        "--threads", str(args.threads), "-o", str(args.output),
+    ]  # fmt: skip
+    return " ".join(parts)
+
+
+def _run_train(args) -> None:
+    import torch
+
+    from mcdiff.data import load_dataset
+    from mcdiff.training import train
+
+    torch.set_num_threads(args.threads)
+    path = train(
+        load_dataset(args.data, args.size, args.seed),
+        args.output,
+        objective=args.objective,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        ema_decay=args.ema_decay,
+        offset_weight=args.offset_weight,
+        seed=args.seed,
+        block_out_channels=args.channels,
+        checkpoint_every=args.checkpoint_every,
+        progress=True,
+        metadata={"command": _train_command(args), "dataset": args.data},
+    )
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcdiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_estimate(sub)
+    _add_train(sub)
     return parser
 
 
