@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, UNet2DModel
 
 from mcdiff.samplers.diffusion import DiffusionSampler
 from mcdiff.samplers.offset import ProbabilisticOffsetSampler
@@ -42,8 +42,9 @@ def load_model(
         raise ValueError(f"no model at {str(path)!r}: expected unet/config.json and scheduler/ inside")
     record_path = path / "training.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    unet = UNet2DModel.from_pretrained(path / "unet").to(device=device or "cpu", dtype=dtype).eval()
-    scheduler = DDPMScheduler.from_pretrained(path / "scheduler")
+    unet = UNet2DModel.from_pretrained(path / "unet", torch_dtype=dtype, low_cpu_mem_usage=False)
+    unet = unet.to(device=device or "cpu").eval()
+    scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
     kwargs = dict(
         num_inference_steps=num_inference_steps, eta=eta, clip_output=clip_output, device=device, dtype=dtype
     )
