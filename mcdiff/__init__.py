@@ -6,10 +6,13 @@ intervals per model evaluation.
 """
 
 from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
+from mcdiff.data import digits, extreme_brightness, load_dataset
 from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
 from mcdiff.results import format_table, load_result, save_result, to_arviz
+from mcdiff.models import bundled_model, load_model
 from mcdiff.runner import estimate
-from mcdiff.samplers import DiffusionSampler, GaussianSampler, Sampler
+from mcdiff.samplers import DiffusionSampler, GaussianSampler, ProbabilisticOffsetSampler, Sampler
+from mcdiff.training import train
 
 __all__ = [
     "Antithetic",
@@ -17,18 +20,25 @@ __all__ = [
     "DiffusionSampler",
     "GaussianSampler",
     "MonteCarlo",
+    "ProbabilisticOffsetSampler",
     "Sampler",
     "SobolRQMC",
     "Statistic",
     "brightness",
+    "bundled_model",
     "centroid",
     "contrast",
+    "digits",
     "estimate",
+    "extreme_brightness",
     "format_table",
     "get_design",
     "get_statistic",
+    "load_dataset",
+    "load_model",
     "load_result",
     "pixel_mean",
     "save_result",
     "to_arviz",
+    "train",
 ]
