@@ -65,7 +65,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pairs", type=int, default=8, help="antithetic pairs shown in the figure")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: robust on a shared machine)")
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-demo.nc"), help=".nc or .zarr")
     p.add_argument("--figure", type=Path, default=Path("mcdiff-demo.png"))
     p.set_defaults(run=_run_demo)
@@ -81,8 +81,7 @@ def _run_demo(args) -> None:
     from mcdiff.plots import demo_figure
 
     start = time.perf_counter()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if args.pairs < 1:
         raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
     sampler = bundled_model("digits", num_inference_steps=args.steps)
