@@ -8,16 +8,19 @@ from pathlib import Path
 
 from mcdiff.designs import DESIGN_NAMES
 from mcdiff.functionals import BUILTIN
+from mcdiff.models import BUNDLED, bundled_model
 from mcdiff.results import format_table, save_result
 from mcdiff.runner import estimate
 from mcdiff.samplers import GaussianSampler
 
-MODELS = ("gaussian",)
+MODELS = ("gaussian", *BUNDLED)
 
 
 def _load_model(name: str, steps: int):
     if name == "gaussian":
         return GaussianSampler(num_inference_steps=steps)
+    if name in BUNDLED:
+        return bundled_model(name, num_inference_steps=steps)
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 
@@ -77,7 +80,6 @@ def _run_demo(args) -> None:
     import torch
 
     from mcdiff.designs import Antithetic
-    from mcdiff.models import bundled_model
     from mcdiff.plots import demo_figure
 
     start = time.perf_counter()

@@ -34,3 +34,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     summary = result["summary"]
     assert list(summary["design"].values) == ["mc", "amc", "rqmc"]
     assert np.isfinite(summary["brightness"].sel(summary="estimate")).all()
+
+
+def test_estimate_accepts_the_bundled_model(tmp_path):
+    output = tmp_path / "r.nc"
+    argv = ["estimate", "--model", "digits", "--steps", "3", "-n", "32", "--designs", "mc", "amc", "-o", str(output)]
+    assert main(argv) == 0 and output.exists()
