@@ -1,7 +1,7 @@
 """Why antithetic noise works on the bundled digits model: the diagnostics table.
 
-Runs :func:`mcdiff.diagnostics.diagnose` under DDIM (eta 0) and DDPM (DDIM eta 1, whole
-noise path negated) and writes ``diagnostics_<model>.md`` (the command that made it and the
+Runs :func:`mcdiff.diagnostics.diagnose` under DDIM and ancestral DDPM (whole noise path
+negated) and writes ``diagnostics_<model>.md`` (the command that made it and the
 tables: PN vs RR pair correlation raw and centred, SSIM, trajectory correlation and the
 affine-antisymmetry residual by timestep), the PNG figures and ``diagnostics.nc``.
 
@@ -20,23 +20,7 @@ from pathlib import Path
 import mcdiff
 from mcdiff.diagnostics import diagnose, format_report, save_figures
 
-ETAS = {"ddim": 0.0, "ddpm": 1.0}
-
-
-def load_samplers(model: str, steps: int) -> dict[str, mcdiff.DiffusionSampler]:
-    """DDIM and DDPM samplers of ``digits`` (bundled), ``gaussian`` or a diffusers directory."""
-    if model == "gaussian":
-        return {n: mcdiff.GaussianSampler(num_inference_steps=steps, eta=eta) for n, eta in ETAS.items()}
-    if model == "digits":
-        return {
-            n: mcdiff.bundled_model("digits", num_inference_steps=steps, eta=eta) for n, eta in ETAS.items()
-        }
-    if Path(model).is_dir():
-        return {
-            n: mcdiff.DiffusionSampler.from_pretrained(model, num_inference_steps=steps, eta=eta)
-            for n, eta in ETAS.items()
-        }
-    raise ValueError(f"--model must be 'digits', 'gaussian' or a diffusers directory, got {model!r}")
+SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/diagnostics_digits.py " + shlex.join(sys.argv[1:] if argv is None else argv)
 
     start = time.perf_counter()
-    tree = diagnose(load_samplers(args.model, args.steps), args.n_pairs, args.seed, n_probes=args.probes)
+    samplers = {n: mcdiff.load_model(args.model, args.steps, scheduler=s) for n, s in SCHEDULERS.items()}
+    tree = diagnose(samplers, args.n_pairs, args.seed, n_probes=args.probes)
     seconds = time.perf_counter() - start
     name = Path(args.model).name
     directory = args.output / f"diagnostics_{name}"

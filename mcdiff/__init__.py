@@ -7,10 +7,20 @@ intervals per model evaluation.
 
 from mcdiff.diagnostics import antisymmetry, diagnose, pair_correlation, trajectory_correlation
 from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
+from mcdiff.data import digits, extreme_brightness, load_dataset
 from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
 from mcdiff.results import format_table, load_result, save_result, to_arviz
+from mcdiff.models import bundled_model, load_model
 from mcdiff.runner import estimate
-from mcdiff.samplers import DiffusionSampler, FunctionSampler, GaussianSampler, PipelineSampler, Sampler
+from mcdiff.samplers import (
+    DiffusionSampler,
+    FunctionSampler,
+    GaussianSampler,
+    PipelineSampler,
+    ProbabilisticOffsetSampler,
+    Sampler,
+)
+from mcdiff.training import train
 
 __all__ = [
     "Antithetic",
@@ -20,22 +30,29 @@ __all__ = [
     "GaussianSampler",
     "MonteCarlo",
     "PipelineSampler",
+    "ProbabilisticOffsetSampler",
     "Sampler",
     "SobolRQMC",
     "Statistic",
     "antisymmetry",
     "brightness",
+    "bundled_model",
     "centroid",
     "contrast",
     "diagnose",
+    "digits",
     "estimate",
+    "extreme_brightness",
     "format_table",
     "get_design",
     "get_statistic",
+    "load_dataset",
+    "load_model",
     "load_result",
     "pair_correlation",
     "pixel_mean",
     "save_result",
     "to_arviz",
     "trajectory_correlation",
+    "train",
 ]

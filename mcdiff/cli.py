@@ -1,4 +1,4 @@
-"""Command line: ``mcdiff estimate``, ``mcdiff diagnose`` (and the subcommands other layers add)."""
+"""Command line: ``mcdiff demo``, ``estimate``, ``diagnose``, ``train``."""
 
 from __future__ import annotations
 
@@ -9,22 +9,17 @@ from pathlib import Path
 from mcdiff.designs import DESIGN_NAMES
 from mcdiff.diagnostics import diagnose, format_report, load_lpips, save_figures
 from mcdiff.functionals import BUILTIN
+from mcdiff.models import BUNDLED, load_model
 from mcdiff.results import format_table, save_result
 from mcdiff.runner import estimate
-from mcdiff.samplers import DiffusionSampler, GaussianSampler
 
-MODELS = ("gaussian",)
-
-
-def _load_model(name: str, steps: int):
-    if name == "gaussian":
-        return GaussianSampler(num_inference_steps=steps)
-    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+MODELS = ("gaussian", *BUNDLED)
+MODEL_HELP = f"{', '.join(MODELS)}, or a diffusers model directory"
 
 
 def _add_estimate(sub) -> None:
     p = sub.add_parser("estimate", help="estimate statistics with CIs under several noise designs")
-    p.add_argument("--model", default="gaussian", help=f"model to sample ({', '.join(MODELS)})")
+    p.add_argument("--model", default="gaussian", help=f"model to sample: {MODEL_HELP}")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument(
         "--statistics", nargs="+", default=["brightness", "contrast", "centroid"], choices=list(BUILTIN)
@@ -39,7 +34,7 @@ def _add_estimate(sub) -> None:
 
 
 def _run_estimate(args) -> None:
-    sampler = _load_model(args.model, args.steps)
+    sampler = load_model(args.model, args.steps)
     result = estimate(
         sampler,
         statistics=args.statistics,
@@ -53,21 +48,10 @@ def _run_estimate(args) -> None:
     print(f"\nwrote {save_result(result, args.output)}")
 
 
-def _load_diagnose_samplers(model: str, steps: int, ddpm: bool) -> dict:
-    """``{"ddim": DDIM, "ddpm": ancestral DDPM}`` samplers of ``gaussian`` or a diffusers directory.
-
-    The analytic model has no DDPM scheduler; its stochastic sampler is DDIM with eta = 1.
-    """
-    if model == "gaussian":
-        etas = {"ddim": 0.0, **({"ddpm": 1.0} if ddpm else {})}
-        return {name: GaussianSampler(num_inference_steps=steps, eta=eta) for name, eta in etas.items()}
-    if not Path(model).is_dir():
-        raise ValueError(f"--model must be 'gaussian' or a diffusers model directory; {model!r} is neither")
+def _diagnose_samplers(model: str, steps: int, ddpm: bool) -> dict:
+    """``{"ddim": DDIM, "ddpm": ancestral DDPM}`` samplers of one model."""
     schedulers = {"ddim": "DDIMScheduler", **({"ddpm": "DDPMScheduler"} if ddpm else {})}
-    return {
-        name: DiffusionSampler.from_pretrained(model, num_inference_steps=steps, scheduler=scheduler)
-        for name, scheduler in schedulers.items()
-    }
+    return {name: load_model(model, steps, scheduler=scheduler) for name, scheduler in schedulers.items()}
 
 
 def _add_diagnose(sub) -> None:
@@ -76,7 +60,7 @@ def _add_diagnose(sub) -> None:
         help="check why antithetic noise works (or not) on a model: pair and trajectory "
         "correlations, affine antisymmetry, diversity",
     )
-    p.add_argument("--model", default="gaussian", help="'gaussian' (analytic) or a diffusers model directory")
+    p.add_argument("--model", default="gaussian", help=f"model to diagnose: {MODEL_HELP}")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--n-pairs", type=int, default=64, help="antithetic and independent pairs (64 each)")
     p.add_argument("--probes", type=int, default=8, help="trajectories probed by the antisymmetry test")
@@ -99,7 +83,7 @@ def _add_diagnose(sub) -> None:
 
 
 def _run_diagnose(args) -> None:
-    samplers = _load_diagnose_samplers(args.model, args.steps, args.ddpm)
+    samplers = _diagnose_samplers(args.model, args.steps, args.ddpm)
     lpips = load_lpips(args.lpips) if args.lpips is not None else None
     tree = diagnose(
         samplers,
@@ -121,11 +105,119 @@ def _run_diagnose(args) -> None:
           f"{', '.join(f.name for f in figures)}")
 
 
+DEMO_STATISTICS = ("brightness", "contrast", "centroid", "pixel_mean")
+DEMO_DESIGNS = ("mc", "amc", "rqmc")
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job on the bundled digits model: MC, antithetic and RQMC CIs at equal evaluations",
+    )
+    p.add_argument("-n", "--n-evals", type=int, default=512, help="evaluations per design (16 * 2^m)")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pairs", type=int, default=8, help="antithetic pairs shown in the figure")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: robust on a shared machine)")
+    p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-demo.nc"), help=".nc or .zarr")
+    p.add_argument("--figure", type=Path, default=Path("mcdiff-demo.png"))
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> None:
+    import time
+
+    import torch
+
+    from mcdiff.designs import Antithetic
+    from mcdiff.plots import demo_figure
+
+    start = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    if args.pairs < 1:
+        raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+    sampler = load_model("digits", args.steps)
+    result = estimate(sampler, DEMO_STATISTICS, DEMO_DESIGNS, n_evals=args.n_evals, seed=args.seed)
+    print(
+        f"bundled digits model, DDIM {args.steps} steps: {args.n_evals} evaluations per design "
+        f"({args.n_evals * sampler.nfe} network evaluations), seed {args.seed}\n"
+    )
+    print(format_table(result))
+    noise = Antithetic().draw(sampler.noise_spec, args.seed, 0, 2 * args.pairs, max(4, 2 * args.pairs))
+    with torch.inference_mode():
+        pairs = sampler({k: torch.from_numpy(v).to(sampler.device, sampler.dtype) for k, v in noise.items()})
+    demo_figure(result, pairs).savefig(args.figure, dpi=120)
+    print(f"\nwrote {save_result(result, args.output)} and {args.figure} in {time.perf_counter() - start:.1f} s")
+
+
+def _add_train(sub) -> None:
+    from mcdiff.data import DATASETS
+    from mcdiff.training import OBJECTIVES
+
+    p = sub.add_parser("train", help="train a small diffusion model (DDPM objective, EMA, resumable)")
+    p.add_argument("--data", default="digits", choices=DATASETS, help="training data set (default digits)")
+    p.add_argument("--size", type=int, default=None, help="image side (default: 8 digits, 16 synthetic)")
+    p.add_argument("--objective", default="epsilon", choices=OBJECTIVES)
+    p.add_argument("--offset-weight", type=float, default=0.1, help="w of the offset objectives")
+    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="channels per U-Net level")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest on a shared machine)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output model directory")
+    p.set_defaults(run=_run_train)
+
+
+def _train_command(args) -> str:
+    """The canonical ``mcdiff train`` command line that reproduces ``args``."""
+    size = [] if args.size is None else ["--size", str(args.size)]
+    parts = [
+        "mcdiff", "train", "--data", args.data, *size, "--objective", args.objective,
+        "--offset-weight", repr(args.offset_weight), "--steps", str(args.steps),
+        "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--ema-decay", repr(args.ema_decay),
+        "--channels", *map(str, args.channels), "--seed", str(args.seed),
+        "--threads", str(args.threads), "-o", str(args.output),
+    ]  # fmt: skip
+    return " ".join(parts)
+
+
+def _run_train(args) -> None:
+    import torch
+
+    from mcdiff.data import load_dataset
+    from mcdiff.training import train
+
+    torch.set_num_threads(args.threads)
+    path = train(
+        load_dataset(args.data, args.size, args.seed),
+        args.output,
+        objective=args.objective,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        ema_decay=args.ema_decay,
+        offset_weight=args.offset_weight,
+        seed=args.seed,
+        block_out_channels=args.channels,
+        checkpoint_every=args.checkpoint_every,
+        progress=True,
+        metadata={"command": _train_command(args), "dataset": args.data},
+    )
+    print(f"wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcdiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_demo(sub)
     _add_estimate(sub)
     _add_diagnose(sub)
+
+
+    _add_train(sub)
     return parser
 
 

@@ -12,9 +12,12 @@ def run(sampler, noise):
         return sampler.sample(noise)
 
 
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_sampler_is_affine_in_the_whole_noise_path(eta):
-    s = GaussianSampler(mean=0.4, std=0.2, image_shape=(1, 3, 3), num_inference_steps=8, eta=eta)
+SAMPLERS = [(0.0, "DDIMScheduler"), (1.0, "DDIMScheduler"), (0.0, "DDPMScheduler")]
+
+
+@pytest.mark.parametrize("eta, scheduler", SAMPLERS)
+def test_sampler_is_affine_in_the_whole_noise_path(eta, scheduler):
+    s = GaussianSampler(mean=0.4, std=0.2, image_shape=(1, 3, 3), num_inference_steps=8, eta=eta, scheduler=scheduler)
     rng = np.random.default_rng(0)
     draw = lambda: {k: torch.from_numpy(rng.standard_normal((2, *v))) for k, v in s.noise_spec.items()}  # noqa: E731
     a, b = draw(), draw()
@@ -22,14 +25,15 @@ def test_sampler_is_affine_in_the_whole_noise_path(eta):
     both = {k: a[k] + b[k] for k in a}
     base = run(s, zero)
     torch.testing.assert_close(run(s, both) - base, (run(s, a) - base) + (run(s, b) - base), rtol=0, atol=1e-12)
-    assert set(s.noise_spec) == ({"x_T", "steps"} if eta else {"x_T"})
+    assert set(s.noise_spec) == ({"x_T", "steps"} if s.stochastic else {"x_T"})
 
 
-@pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_output_moments_match_a_large_sample(eta):
+@pytest.mark.parametrize("eta, scheduler", SAMPLERS)
+def test_output_moments_match_a_large_sample(eta, scheduler):
     """20000 draws: the sample mean within 5 SE of the exact mean and the sample std within
     5 SE (std of a sample std ~ s / sqrt(2n)) of the exact std; false failure < 1e-4."""
-    s = GaussianSampler(mean=0.3, std=0.1, image_shape=(1, 2, 2), num_inference_steps=10, eta=eta)
+    s = GaussianSampler(mean=0.3, std=0.1, image_shape=(1, 2, 2), num_inference_steps=10, eta=eta,
+                        scheduler=scheduler)
     mean, std = s.output_moments()
     gen = torch.Generator().manual_seed(0)
     noise = {k: torch.randn((20000, *v), generator=gen, dtype=torch.float64) for k, v in s.noise_spec.items()}
@@ -88,6 +92,7 @@ def test_expected_value_only_for_linear_statistics():
         ({"output": "tanh"}, "output must be one of"),
         ({"num_inference_steps": 5000}, r"num_inference_steps=5000 must be in \[1, 1000\]"),
         ({"eta": -1.0}, "eta must be >= 0"),
+        ({"scheduler": "EulerDiscreteScheduler"}, "not supported; supported: DDIMScheduler, DDPMScheduler"),
     ],
 )
 def test_bad_parameters_are_refused(kwargs, match):

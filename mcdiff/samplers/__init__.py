@@ -4,6 +4,15 @@ from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.diffusion import DiffusionSampler
 from mcdiff.samplers.function import FunctionSampler
 from mcdiff.samplers.gaussian import GaussianSampler
+from mcdiff.samplers.offset import ProbabilisticOffsetSampler, offset_noise_psi
 from mcdiff.samplers.pipeline import PipelineSampler
 
-__all__ = ["DiffusionSampler", "FunctionSampler", "GaussianSampler", "PipelineSampler", "Sampler"]
+__all__ = [
+    "DiffusionSampler",
+    "FunctionSampler",
+    "GaussianSampler",
+    "PipelineSampler",
+    "ProbabilisticOffsetSampler",
+    "Sampler",
+    "offset_noise_psi",
+]

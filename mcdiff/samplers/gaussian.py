@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from scipy.special import ndtr
 
-from mcdiff.samplers.diffusion import DiffusionSampler
+from mcdiff.samplers.diffusion import SCHEDULERS, DiffusionSampler, check_scheduler_name
 
 
 class GaussianScore(torch.nn.Module):
@@ -55,6 +54,8 @@ class GaussianSampler(DiffusionSampler):
     image_shape : (C, H, W)
     num_inference_steps, eta
         As for :class:`~mcdiff.samplers.diffusion.DiffusionSampler`.
+    scheduler : {"DDIMScheduler", "DDPMScheduler"}
+        The diffusers update to run (neither clips ``x_0``, so the map stays affine).
     output : {"affine", "clip", "probit"}
         The final map from ``Y = (x_0 + 1) / 2`` to the image.
     probit_width : float
@@ -70,6 +71,7 @@ class GaussianSampler(DiffusionSampler):
         image_shape: tuple[int, int, int] = (1, 8, 8),
         num_inference_steps: int = 20,
         eta: float = 0.0,
+        scheduler: str = "DDIMScheduler",
         output: str = "affine",
         probit_width: float = 0.25,
     ):
@@ -86,11 +88,12 @@ class GaussianSampler(DiffusionSampler):
             raise ValueError(f"mean and std must broadcast to image_shape {shape}: {err}") from None
         if not (torch.isfinite(mean_img).all() and (std_img > 0).all() and torch.isfinite(std_img).all()):
             raise ValueError("mean must be finite and std finite and > 0")
-        scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=True)
-        score = GaussianScore(2 * mean_img - 1, 2 * std_img, scheduler.alphas_cumprod)
+        check_scheduler_name(scheduler)
+        unclipped = SCHEDULERS[scheduler](clip_sample=False)
+        score = GaussianScore(2 * mean_img - 1, 2 * std_img, unclipped.alphas_cumprod)
         super().__init__(
             score,
-            scheduler,
+            unclipped,
             num_inference_steps=num_inference_steps,
             eta=eta,
             image_shape=shape,
@@ -114,7 +117,7 @@ class GaussianSampler(DiffusionSampler):
         and a unit input per noise component gives ``b`` and every ``a_k``.
         """
         shape = self.image_shape
-        steps = self.num_inference_steps if self.eta > 0 else 0
+        steps = self.num_inference_steps if self.stochastic else 0
         probes = torch.zeros(2 + steps, 1 + steps, *shape, dtype=self.dtype)
         for k in range(1 + steps):
             probes[k + 1, k] = 1.0

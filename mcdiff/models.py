@@ -1,0 +1,74 @@
+"""Models by name: the analytic model, the bundled ones, or a model directory, as samplers."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+from mcdiff.samplers.diffusion import DiffusionSampler
+from mcdiff.samplers.gaussian import GaussianSampler
+from mcdiff.samplers.offset import ProbabilisticOffsetSampler
+
+BUNDLED = ("digits",)
+"""Names of the models shipped in ``mcdiff/weights/``."""
+
+
+def bundled_path(name: str = "digits") -> Path:
+    """Directory of a bundled model (``unet/``, ``scheduler/``, ``training.json``)."""
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}; bundled: {', '.join(BUNDLED)}")
+    return Path(str(resources.files("mcdiff") / "weights" / name))
+
+
+def load_model(
+    model: str | Path, num_inference_steps: int = 20, scheduler: str | None = "DDIMScheduler", **kwargs
+) -> DiffusionSampler:
+    """The sampler for ``"gaussian"`` (analytic), a bundled model name, or a model directory.
+
+    Directories are loaded with :meth:`DiffusionSampler.from_pretrained`; a model trained with
+    the ``probabilistic-offset`` objective (read from its ``training.json``) becomes a
+    :class:`~mcdiff.samplers.offset.ProbabilisticOffsetSampler` with its offset weight.
+
+    Parameters
+    ----------
+    model : str or Path
+        ``"gaussian"``, a name in :data:`BUNDLED`, or a diffusers model directory.
+    num_inference_steps : int
+        Sampling steps.
+    scheduler : str or None
+        ``"DDIMScheduler"`` (default), ``"DDPMScheduler"`` (ancestral), or ``None`` for the
+        directory's stored scheduler.
+    **kwargs
+        Further sampler arguments (``eta``, ``clip_output``, ``device``, ``dtype``).
+    """
+    if str(model) == "gaussian":
+        return GaussianSampler(num_inference_steps=num_inference_steps, scheduler=scheduler or "DDIMScheduler", **kwargs)
+    path = bundled_path(str(model)) if str(model) in BUNDLED else Path(model)
+    if not path.is_dir():
+        raise ValueError(
+            f"model must be 'gaussian', a bundled model ({', '.join(BUNDLED)}) or a diffusers model "
+            f"directory; {str(model)!r} is none of these"
+        )
+    record_path = path / "training.json"
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    if record.get("objective") == "probabilistic-offset":
+        kwargs["offset_weight"] = record["offset_weight"]
+        cls = ProbabilisticOffsetSampler
+    else:
+        cls = DiffusionSampler
+    return cls.from_pretrained(path, num_inference_steps=num_inference_steps, scheduler=scheduler, **kwargs)
+
+
+def bundled_model(name: str = "digits", num_inference_steps: int = 20, **kwargs) -> DiffusionSampler:
+    """The bundled model ``name`` as a sampler (DDIM by default); ``kwargs`` go to :func:`load_model`.
+
+    Examples
+    --------
+    >>> import mcdiff
+    >>> sampler = mcdiff.bundled_model("digits", num_inference_steps=10)
+    >>> sampler.image_shape
+    (1, 8, 8)
+    """
+    bundled_path(name)  # checks the name
+    return load_model(name, num_inference_steps=num_inference_steps, **kwargs)

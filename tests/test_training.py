@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+import mcdiff
+import mcdiff.training as training
+from mcdiff.data import digits
+from mcdiff.models import load_model
+from mcdiff.samplers.offset import ProbabilisticOffsetSampler, offset_noise_psi
+
+TINY = dict(block_out_channels=(8, 16), batch_size=8, checkpoint_every=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()[:64]
+
+
+def _weights(path):
+    return load_model(path).unet.state_dict()
+
+
+def test_psi_rises_to_one():
+    psi = offset_noise_psi(DDPMScheduler(num_train_timesteps=1000).betas)
+    assert psi[-1] == pytest.approx(1.0)
+    assert psi[0] < 1e-5
+    assert (torch.diff(psi) > 0).all()
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.full((4, 1, 8, 8), float("nan")), "NaN or inf in 4 image"),
+        (torch.zeros(4, 8, 8), r"shape \(N, C, H, W\), got shape \(4, 8, 8\)"),
+        (torch.zeros(0, 1, 8, 8), "empty"),
+        (torch.full((4, 1, 8, 8), 3.0), r"scaled to \[-1, 1\]"),
+        (torch.zeros(4, 1, 8, 6), "must be square"),
+    ],
+)
+def test_bad_data_fails_before_any_step(tmp_path, monkeypatch, bad, match):
+    def no_step(*args, **kwargs):
+        raise AssertionError("a training step ran")
+
+    monkeypatch.setattr(training, "_train_step", no_step)
+    with pytest.raises(ValueError, match=match):
+        training.train(bad, tmp_path, steps=2, **TINY)
+    assert not (tmp_path / training.CHECKPOINT).exists()
+
+
+def test_bad_settings(tmp_path, data):
+    with pytest.raises(ValueError, match="unknown objective 'v'"):
+        training.train(data, tmp_path, objective="v", steps=2, **TINY)
+    with pytest.raises(ValueError, match="steps must be a positive integer, got 0"):
+        training.train(data, tmp_path, steps=0, **TINY)
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch, data):
+    straight = training.train(data, tmp_path / "straight", steps=5, seed=1, **TINY)
+
+    real_step, calls = training._train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(data, tmp_path / "resumed", steps=5, seed=1, **TINY)
+    assert torch.load(tmp_path / "resumed" / training.CHECKPOINT, weights_only=False)["state"]["step"] == 2
+    monkeypatch.setattr(training, "_train_step", real_step)
+    resumed = training.train(data, tmp_path / "resumed", steps=5, seed=1, **TINY)
+
+    assert not (resumed / training.CHECKPOINT).exists()
+    a, b = _weights(straight), _weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((resumed / "training.json").read_text())
+    assert record["steps"] == 5 and record["seed"] == 1 and np.isfinite(record["final_loss"])
+
+
+def test_resume_refuses_other_settings(tmp_path, monkeypatch, data):
+    real_step, calls = training._train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(data, tmp_path, steps=4, **TINY)
+    monkeypatch.setattr(training, "_train_step", real_step)
+    with pytest.raises(ValueError, match="different settings \\(learning_rate\\)"):
+        training.train(data, tmp_path, steps=4, learning_rate=1e-4, **TINY)
+
+
+@pytest.mark.parametrize("objective", training.OBJECTIVES)
+def test_objectives_train_and_load_as_samplers(tmp_path, data, objective):
+    path = training.train(data, tmp_path, objective=objective, steps=2, offset_weight=0.5, **TINY)
+    sampler = load_model(path, num_inference_steps=4)
+    assert isinstance(sampler, ProbabilisticOffsetSampler) == (objective == "probabilistic-offset")
+    result = mcdiff.estimate(sampler, ["brightness"], ["mc", "amc"], n_evals=8, progress=False)
+    assert np.isfinite(result["summary"]["brightness"].values).all()
+
+
+def test_probabilistic_offset_sampler_noise_and_antithetic_symmetry():
+    """With a zero network every step is linear in (z, xi): partners reflect exactly."""
+    scheduler = DDIMScheduler.from_config(training.make_scheduler().config)
+    sampler = ProbabilisticOffsetSampler(
+        lambda x, t: torch.zeros_like(x), scheduler, offset_weight=0.7,
+        num_inference_steps=5, image_shape=(1, 4, 4), clip_output=False,
+    )  # fmt: skip
+    assert sampler.noise_spec == {"x_T": (1, 4, 4), "offset": (1, 1, 1)}
+    z, xi = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 1, 1)
+    plus = sampler({"x_T": z, "offset": xi})
+    minus = sampler({"x_T": -z, "offset": -xi})
+    torch.testing.assert_close(plus + minus, torch.ones_like(plus))
+    first_t, x_T, _ = next(sampler.trajectory({"x_T": z, "offset": xi}))
+    abar = scheduler.alphas_cumprod[first_t]
+    torch.testing.assert_close(x_T, z + (1 - abar).sqrt() * 0.7 * xi)
+
+
+def test_bad_offset_weight():
+    with pytest.raises(ValueError, match="offset_weight must be >= 0, got -1"):
+        ProbabilisticOffsetSampler(
+            lambda x, t: x, DDIMScheduler(), offset_weight=-1, image_shape=(1, 4, 4)
+        )
