@@ -303,7 +303,7 @@ class DiffusionSampler(Sampler):
         stored = json.loads(scheduler_config.read_text())
         name = scheduler or stored.get("_class_name", "<no _class_name>")
         check_scheduler_name(name)
-        unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True)
+        unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, low_cpu_mem_usage=False)
         return cls(
             unet,
             SCHEDULERS[name].from_config(stored),
