@@ -545,7 +545,8 @@ def diagnose(
     attrs = {
         "model": type(first).__name__,
         "samplers": ", ".join(
-            f"{n}: eta={s.eta:g}, {s.num_inference_steps} steps" for n, s in samplers.items()
+            f"{n}: {type(s.scheduler).__name__} eta={s.eta:g}, {s.num_inference_steps} steps"
+            for n, s in samplers.items()
         ),
         "n_pairs": int(n_pairs),
         "seed": int(seed),
