@@ -8,7 +8,8 @@ intervals per model evaluation.
 from mcdiff.diagnostics import antisymmetry, diagnose, pair_correlation, trajectory_correlation
 from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
 from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
-from mcdiff.results import format_table, load_result, save_result, to_arviz
+from mcdiff.multifidelity import estimate_multifidelity
+from mcdiff.results import format_levels, format_table, load_result, save_result, to_arviz
 from mcdiff.runner import estimate
 from mcdiff.samplers import DiffusionSampler, GaussianSampler, Sampler
 
@@ -27,6 +28,8 @@ __all__ = [
     "contrast",
     "diagnose",
     "estimate",
+    "estimate_multifidelity",
+    "format_levels",
     "format_table",
     "get_design",
     "get_statistic",
