@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import numpy as np
+import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
@@ -60,7 +62,7 @@ def check_fidelities(fidelities: Sequence[int]) -> tuple[int, ...]:
     steps = tuple(fidelities)
     if len(steps) < 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in steps):
         raise ValueError(f"fidelities must be at least two integer step counts, e.g. [4, 12, 50]; got {fidelities!r}")
-    if steps[0] < 1 or any(b <= a for a, b in zip(steps, steps[1:])):
+    if steps[0] < 1 or any(b <= a for a, b in pairwise(steps)):
         raise ValueError(
             f"fidelities must be strictly increasing positive step counts (coarse to fine), got {list(steps)}"
         )
@@ -127,18 +129,51 @@ def _level_values(fine: dict, coarse: dict | None, beta: dict) -> dict[str, np.n
     return {name: fine[name] - beta[name] * coarse[name] for name in fine}
 
 
+class _CoupledSampler(Sampler):
+    """Two step counts of one sampler on the same noise: images ``(B, 2C, H, W)``, fine first.
+
+    One call draws each address's noise once and feeds it to both, so the two fidelities of a
+    level can never see different addresses.
+    """
+
+    def __init__(self, fine: Sampler, coarse: Sampler):
+        self.fine, self.coarse = fine, coarse
+        channels, height, width = fine.image_shape
+        self.image_shape = (2 * channels, height, width)
+        self.nfe = fine.nfe + coarse.nfe
+        self.device, self.dtype = fine.device, fine.dtype
+
+    @property
+    def noise_spec(self) -> dict[str, tuple[int, ...]]:
+        return self.fine.noise_spec
+
+    def sample(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.fine(noise), self.coarse(noise)], dim=1)
+
+
+def _on_channels(stat: Statistic, part: str, channels: int) -> Statistic:
+    """``stat`` of the fine (first ``channels``) or coarse (last) half of coupled images."""
+    window = slice(0, channels) if part == "fine" else slice(channels, 2 * channels)
+    return Statistic(f"{part}:{stat.name}", lambda images: stat(images[:, window]), stat.dims, stat.coords)
+
+
 class _LevelRunner:
     """Runs the coupled evaluations of one level: the same addresses at both step counts."""
 
     def __init__(self, samplers, stats, seed, batch_size, on_batch: Callable[[int], None]):
         self.samplers, self.stats, self.seed = samplers, stats, seed
         self.batch_size, self.on_batch = batch_size, on_batch
+        channels = samplers[0].image_shape[0]
+        self.coupled_stats = [_on_channels(s, part, channels) for part in ("fine", "coarse") for s in stats]
 
     def __call__(self, level: int, design: Design, n: int, stage: int):
         """``(f_l values, f_{l-1} values)`` on the same addresses; ``(f_0 values, None)`` at level 0."""
         seed = stream_seed(self.seed, stage, level)
-        run = lambda s: evaluate_design(s, self.stats, design, n, seed, self.batch_size, self.on_batch)  # noqa: E731
-        return run(self.samplers[level]), (run(self.samplers[level - 1]) if level > 0 else None)
+        if level == 0:
+            return evaluate_design(self.samplers[0], self.stats, design, n, seed, self.batch_size, self.on_batch), None
+        coupled = _CoupledSampler(self.samplers[level], self.samplers[level - 1])
+        values = evaluate_design(coupled, self.coupled_stats, design, n, seed, self.batch_size, self.on_batch)
+        return tuple({s.name: values[f"{part}:{s.name}"] for s in self.stats} for part in ("fine", "coarse"))
 
 
 def estimate_multifidelity(
@@ -222,7 +257,7 @@ def estimate_multifidelity(
     labels = [f"{method}+{label}" for label, _ in combos]
     if not labels or len(set(labels)) != len(labels):
         raise ValueError(f"design combinations must be unique and at least one, got {labels}")
-    costs = np.array([steps[0]] + [a + b for a, b in zip(steps[1:], steps)], dtype=float)
+    costs = np.array([steps[0]] + [a + b for a, b in pairwise(steps)], dtype=float)
     if budget_nfe is not None:
         pilot_levels = tuple(range(n_levels))
     else:

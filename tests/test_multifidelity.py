@@ -221,7 +221,10 @@ def test_the_cli_refuses_cv_with_three_fidelities_before_running(tmp_path, capsy
 
 class _NoSteps(Sampler):
     image_shape = (1, 2, 2)
-    noise_spec = {"x_T": (1, 2, 2)}
+
+    @property
+    def noise_spec(self):
+        return {"x_T": self.image_shape}
 
     def sample(self, noise):
         return torch.sigmoid(noise["x_T"])
@@ -234,8 +237,8 @@ class _NoSteps(Sampler):
         ({"fidelities": [2, 2, 5]}, "strictly increasing"),
         ({"fidelities": [20]}, "at least two integer step counts"),
         ({"fidelities": [0, 5]}, "strictly increasing positive"),
-        ({"n_evals": [2, 8, 8], "designs": ["amc"]}, r"n_evals=2: level 0 \(2 steps, design 'amc'\) cannot use it: "
-                                                      "n_evals=2 is too small"),
+        ({"n_evals": [2, 8, 8], "designs": ["amc"]},
+         r"n_evals=2: level 0 \(2 steps, design 'amc'\) cannot use it: n_evals=2 is too small"),
         ({"n_evals": None, "budget_nfe": 10000, "pilot": 2, "designs": ["amc"]}, r"pilot=2 is too few evaluations: level 0"),
         ({"n_evals": [4, 4]}, r"n_evals needs one count per level \(3\)"),
         ({"n_evals": None}, "exactly one of budget_nfe"),
