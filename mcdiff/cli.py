@@ -87,9 +87,10 @@ def _add_multifidelity(sub) -> None:
 
 def _run_multifidelity(args) -> None:
     sampler = _load_model(args.model, args.fidelities[-1])
-    budget = args.budget_nfe if args.n_evals is None and args.budget_nfe is not None else None
-    if args.n_evals is None and budget is None:
-        budget = 20000
+    if args.n_evals is not None:
+        budget = None
+    else:
+        budget = 20000 if args.budget_nfe is None else args.budget_nfe
     designs = [d.split("/") if "/" in d else d for d in args.designs]
     for method in args.method:
         check_method(method, args.fidelities)

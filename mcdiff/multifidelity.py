@@ -209,7 +209,9 @@ def estimate_multifidelity(
         Multilevel Monte Carlo or the two-fidelity control variate (see the module).
     budget_nfe : int, optional
         NFE of the final run, split over levels by Giles' allocation from a pilot and rounded
-        to each design's allowed counts (at least its minimum); the pilot's NFE come on top.
+        to each design's allowed counts, never below ``pilot`` evaluations per level: a level
+        with very few groups gets an unreliable variance and, since antithetic pair means are
+        skewed, a t-interval that covers too rarely. The pilot's NFE come on top.
     n_evals : sequence of int, optional
         Evaluations per level instead of ``budget_nfe`` (exactly one of the two).
     pilot : int
@@ -272,14 +274,14 @@ def estimate_multifidelity(
                 _check_level_n(design, n_evals[level], level, steps[level], f"n_evals={n_evals[level]}")
             if level in pilot_levels:
                 _check_level_n(design, pilot, level, steps[level], f"pilot={pilot} is too few evaluations")
-        minimum = sum(d.nearest_n(0) * c for d, c in zip(level_designs, costs))
-        if budget_nfe is not None and (
-            isinstance(budget_nfe, bool) or not isinstance(budget_nfe, (int, np.integer)) or budget_nfe < minimum
-        ):
-            raise ValueError(
-                f"budget_nfe={budget_nfe!r} is too small for '{method}+{label}': its levels need at least "
-                f"{minimum:.0f} NFE (each level's smallest design size at costs {costs.tolist()})"
-            )
+    minimum = pilot * costs.sum()
+    if budget_nfe is not None and (
+        isinstance(budget_nfe, bool) or not isinstance(budget_nfe, (int, np.integer)) or budget_nfe < minimum
+    ):
+        raise ValueError(
+            f"budget_nfe={budget_nfe!r} is too small: every level gets at least the pilot's {pilot} evaluations, "
+            f"{minimum:.0f} NFE at costs {costs.tolist()} per evaluation"
+        )
     samplers = fidelity_samplers(sampler, steps)
     if progress is None:
         progress = sys.stderr.isatty()
@@ -340,7 +342,7 @@ def _estimate_combination(
         first = stats[0].name
         weighted = [np.mean(weights[first][level] ** 2 * pilot_variance[first][level]) for level in range(n_levels)]
         wanted = level_allocation(np.array(weighted), costs, budget_nfe)
-        counts = [design.nearest_n(n) for design, n in zip(level_designs, wanted)]
+        counts = [design.nearest_n(max(n, pilot)) for design, n in zip(level_designs, wanted)]
     else:
         counts = [int(n) for n in n_evals]
 
