@@ -9,8 +9,9 @@ from mcdiff.diagnostics import antisymmetry, diagnose, pair_correlation, traject
 from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
 from mcdiff.data import digits, extreme_brightness, load_dataset
 from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
-from mcdiff.results import format_table, load_result, save_result, to_arviz
 from mcdiff.models import bundled_model, load_model
+from mcdiff.multifidelity import estimate_multifidelity
+from mcdiff.results import format_levels, format_table, load_result, save_result, to_arviz
 from mcdiff.runner import estimate
 from mcdiff.samplers import (
     DiffusionSampler,
@@ -43,6 +44,8 @@ __all__ = [
     "digits",
     "estimate",
     "extreme_brightness",
+    "estimate_multifidelity",
+    "format_levels",
     "format_table",
     "get_design",
     "get_statistic",

@@ -1,4 +1,4 @@
-"""Command line: ``mcdiff demo``, ``estimate``, ``diagnose``, ``train``."""
+"""Command line: ``mcdiff demo``, ``estimate``, ``multifidelity``, ``diagnose``, ``train``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from mcdiff.designs import DESIGN_NAMES
 from mcdiff.diagnostics import diagnose, format_report, load_lpips, save_figures
 from mcdiff.functionals import BUILTIN
 from mcdiff.models import BUNDLED, load_model
-from mcdiff.results import format_table, save_result
+from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity
+from mcdiff.results import format_levels, format_table, save_result
 from mcdiff.runner import estimate
 
 MODELS = ("gaussian", *BUNDLED)
@@ -46,6 +47,68 @@ def _run_estimate(args) -> None:
     )
     print(format_table(result))
     print(f"\nwrote {save_result(result, args.output)}")
+
+
+def _add_multifidelity(sub) -> None:
+    p = sub.add_parser(
+        "multifidelity",
+        help="estimate statistics at the finest of several step counts with multilevel Monte Carlo "
+        "or a control variate, the cheap samplers run on the same noise",
+    )
+    p.add_argument("--model", default="gaussian", help=f"model to sample: {MODEL_HELP}")
+    p.add_argument("--fidelities", type=int, nargs="+", default=[4, 12, 50],
+                   help="strictly increasing step counts, coarse to fine (default 4 12 50)")
+    p.add_argument("--method", nargs="+", default=["mlmc"], choices=list(METHODS),
+                   help="mlmc (telescoping sum) and/or cv (two-fidelity control variate)")
+    p.add_argument(
+        "--statistics", nargs="+", default=["brightness", "contrast", "centroid"], choices=list(BUILTIN),
+        help="the first drives the allocation of evaluations to levels",
+    )
+    p.add_argument("--designs", nargs="+", default=["mc", "amc", "rqmc"],
+                   help=f"one design for all levels ({', '.join(DESIGN_NAMES)}) or one per level joined "
+                   "by '/', coarse first, e.g. rqmc/amc/amc")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget-nfe", type=int, help="NFE of the final run, allocated over levels (default 20000)")
+    budget.add_argument("-n", "--n-evals", type=int, nargs="+", help="evaluations per level instead of a budget")
+    p.add_argument("--pilot", type=int, default=64, help="evaluations per level of the pilot run (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-multifidelity.nc"),
+                   help=".nc or .zarr; with several methods, one file per method (suffix -mlmc, -cv)")
+    p.set_defaults(run=_run_multifidelity)
+
+
+def _run_multifidelity(args) -> None:
+    sampler = load_model(args.model, args.fidelities[-1])
+    if args.n_evals is not None:
+        budget = None
+    else:
+        budget = 20000 if args.budget_nfe is None else args.budget_nfe
+    designs = [d.split("/") if "/" in d else d for d in args.designs]
+    for method in args.method:
+        check_method(method, args.fidelities)
+    for method in args.method:
+        result = estimate_multifidelity(
+            sampler,
+            statistics=args.statistics,
+            fidelities=args.fidelities,
+            designs=designs,
+            method=method,
+            budget_nfe=budget,
+            n_evals=args.n_evals,
+            pilot=args.pilot,
+            seed=args.seed,
+            confidence=args.confidence,
+            batch_size=args.batch_size,
+        )
+        output = args.output
+        if len(args.method) > 1:
+            output = output.with_name(f"{output.stem}-{method}{output.suffix}")
+        print(format_table(result))
+        print()
+        print(format_levels(result))
+        print(f"\nwrote {save_result(result, output)}\n")
 
 
 def _diagnose_samplers(model: str, steps: int, ddpm: bool) -> dict:
@@ -214,9 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_demo(sub)
     _add_estimate(sub)
+    _add_multifidelity(sub)
     _add_diagnose(sub)
-
-
     _add_train(sub)
     return parser
 

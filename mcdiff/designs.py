@@ -39,6 +39,7 @@ SOBOL_MAX_DIM = 21201
 
 _SOBOL_BITS = 30
 _TAGS = {"mc": 0, "amc": 1, "rqmc": 2, "amc-rqmc": 3}
+_STREAM_KEY = 1 << 16
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -51,6 +52,17 @@ def check_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
+
+
+def stream_seed(seed: int, *key: int) -> int:
+    """Seed of an independent noise stream ``(seed, *key)``, e.g. one level of a multilevel run.
+
+    ``SeedSequence(entropy=seed, spawn_key=(STREAM_KEY, *key))`` hashes to a 63-bit seed, so
+    designs drawn with the seeds of different keys are independent (in the sense of
+    :class:`numpy.random.SeedSequence`) and each stream is still a pure function of its key.
+    """
+    sequence = np.random.SeedSequence(entropy=check_seed(seed), spawn_key=(_STREAM_KEY, *key))
+    return int(sequence.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def noise_dim(spec: NoiseSpec) -> int:
@@ -107,6 +119,19 @@ class Design(ABC):
     def describe(self, spec: NoiseSpec) -> str:
         """One line saying how the noise of ``spec`` is drawn (stored in results)."""
         return self.name
+
+    def nearest_n(self, n_evals: float) -> int:
+        """The allowed number of evaluations nearest to ``n_evals``, at least the smallest allowed.
+
+        Here: a multiple of :attr:`unit` with at least 2 groups (override for other rules).
+        """
+        n = max(self.unit * round(n_evals / self.unit), self.unit)
+        while True:
+            try:
+                self.check_n(n)
+                return n
+            except ValueError:
+                n += self.unit
 
     def _check_count(self, n_evals: int, minimum: int) -> None:
         if isinstance(n_evals, bool) or not isinstance(n_evals, (int, np.integer)):
@@ -249,6 +274,12 @@ class SobolRQMC(Design):
 
     def group_ids(self, n_evals: int) -> np.ndarray:
         return np.arange(n_evals) // (self.points_per_replicate(n_evals) * self.unit)
+
+    def nearest_n(self, n_evals: float) -> int:
+        """The allowed ``replicates · 2^m`` (times 2 with ``antithetic``) nearest to ``n_evals``
+        on a log scale, at least one point per replicate."""
+        block = self.replicates * self.unit
+        return block * 2 ** max(0, round(math.log2(max(n_evals, 1) / block)))
 
     def _resolved_basis(self, dim: int) -> str:
         if self.basis == "auto":

@@ -17,7 +17,15 @@ design's own ``Var(xbar)`` estimate removes that bias::
 
 Relative efficiency is how many times fewer evaluations the design needs than plain MC for
 the same standard error: ``sigma^2 / (N · std_error^2)`` (1 for MC). When MC ran side by side
-at the same N, the paper's measure ``(width_MC / width_D)^2`` is reported too.
+at the same N, the paper's measure ``(width_MC / width_D)^2`` is reported too. Relative
+efficiency per network function evaluation (NFE) compares at equal cost instead; for one
+sampler it equals the per-evaluation figure, and multi-fidelity estimators (below) report it
+against plain MC at their finest step count.
+
+Multi-fidelity estimators (:mod:`mcdiff.multifidelity`) add independent *levels*, each a design
+run on its own noise stream and summarized by the same formula; :func:`combine_levels` sums
+them, :func:`control_variate_coefficient` and :func:`level_allocation` choose their weights
+and sizes.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ SUMMARY_FIELDS = (
     "ci_width",
     "variance_per_eval",
     "relative_efficiency",
+    "relative_efficiency_per_nfe",
     "relative_efficiency_vs_mc",
 )
 """Labels of the ``summary`` coordinate of a result, in order."""
@@ -72,7 +81,9 @@ def summarize(values: np.ndarray, groups: np.ndarray, confidence: float = 0.95) 
     -------
     dict
         ``{field: array (*own_shape)}`` for every field of :data:`SUMMARY_FIELDS`;
-        ``relative_efficiency_vs_mc`` is NaN here (see :func:`relative_efficiency_vs_mc`).
+        ``relative_efficiency_per_nfe`` equals ``relative_efficiency`` (MC on the same sampler
+        costs the same per evaluation); ``relative_efficiency_vs_mc`` is NaN here (see
+        :func:`relative_efficiency_vs_mc`).
     """
     confidence = check_confidence(confidence)
     values = np.asarray(values, dtype=np.float64)
@@ -94,6 +105,7 @@ def summarize(values: np.ndarray, groups: np.ndarray, confidence: float = 0.95) 
         "ci_width": 2 * half,
         "variance_per_eval": variance,
         "relative_efficiency": efficiency,
+        "relative_efficiency_per_nfe": efficiency,
         "relative_efficiency_vs_mc": np.full_like(estimate, np.nan),
     }
 
@@ -102,3 +114,144 @@ def relative_efficiency_vs_mc(width_mc: np.ndarray, width: np.ndarray) -> np.nda
     """The paper's measure at equal evaluations: ``(width_MC / width_D)^2``."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return (np.asarray(width_mc) / np.asarray(width)) ** 2
+
+
+def combine_levels(
+    estimates: np.ndarray,
+    std_errors: np.ndarray,
+    n_groups: np.ndarray,
+    weights: np.ndarray,
+    confidence: float = 0.95,
+) -> dict[str, np.ndarray]:
+    """Weighted sum of independent level estimates with a Welch–Satterthwaite t-interval.
+
+    With level means ``m_l`` (each from :func:`summarize` over ``G_l`` groups, standard error
+    ``e_l``) and weights ``w_l``::
+
+        estimate  = sum_l w_l m_l
+        std_error = sqrt(sum_l w_l^2 e_l^2)
+        nu        = (sum_l w_l^2 e_l^2)^2 / sum_l (w_l^2 e_l^2)^2 / (G_l - 1)
+        CI        = estimate ± t_{nu, (1+c)/2} · std_error
+
+    Multilevel Monte Carlo has ``w_l = 1`` and level values ``f_l - f_{l-1}`` (telescoping
+    sum, ``E f_L = E f_0 + sum_l E[f_l - f_{l-1}]``); a two-fidelity control variate has
+    ``w = (beta, 1)`` and level values ``(f_0, f_1 - beta f_0)``. With one level this is the
+    single-design t-interval; where every ``e_l = 0``, ``nu`` is infinite.
+
+    Parameters
+    ----------
+    estimates, std_errors : array (L, *own_shape)
+    n_groups : array (L,)
+        Groups ``G_l >= 2`` behind each level's standard error.
+    weights : array (L,) or (L, *own_shape)
+    confidence : float
+        Level of the two-sided interval, in (0, 1).
+
+    Returns
+    -------
+    dict
+        ``estimate``, ``std_error``, ``ci_lower``, ``ci_upper``, ``ci_width``, ``dof``, each
+        ``(*own_shape)``.
+
+    References
+    ----------
+    M. B. Giles, "Multilevel Monte Carlo path simulation", Oper. Res. 56(3), 2008.
+    B. L. Welch, "The generalization of Student's problem when several different population
+    variances are involved", Biometrika 34, 1947.
+    """
+    confidence = check_confidence(confidence)
+    estimates, std_errors = np.asarray(estimates, dtype=np.float64), np.asarray(std_errors, dtype=np.float64)
+    n_groups = np.asarray(n_groups)
+    if n_groups.ndim != 1 or len(n_groups) != len(estimates) or (n_groups < 2).any():
+        raise ValueError(f"n_groups must give >= 2 groups for each of {len(estimates)} levels, got {n_groups}")
+    weights = np.asarray(weights, dtype=np.float64)
+    weights = weights.reshape(weights.shape + (1,) * (estimates.ndim - weights.ndim))
+    parts = (weights * std_errors) ** 2
+    variance = parts.sum(axis=0)
+    dof_shape = (len(n_groups), *[1] * (estimates.ndim - 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dof = variance**2 / (parts**2 / (n_groups.reshape(dof_shape) - 1)).sum(axis=0)
+    dof = np.where(variance > 0, dof, np.inf)
+    estimate = (weights * estimates).sum(axis=0)
+    std_error = np.sqrt(variance)
+    half = stats.t.ppf(0.5 + confidence / 2, dof) * std_error
+    return {
+        "estimate": estimate,
+        "std_error": std_error,
+        "ci_lower": estimate - half,
+        "ci_upper": estimate + half,
+        "ci_width": 2 * half,
+        "dof": dof,
+    }
+
+
+def control_variate_coefficient(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """Variance-minimizing coefficient of a control variate, from paired group means.
+
+    For group means ``g^F_k`` of the fine statistic and ``g^C_k`` of the coarse one on the same
+    noise, ``Var(mean(g^F - beta g^C))`` is smallest at::
+
+        beta = sum_k (g^F_k - mean g^F)(g^C_k - mean g^C) / sum_k (g^C_k - mean g^C)^2
+
+    (0 where the coarse means do not vary). Estimate it on a pilot run independent of the
+    final one, so that the final estimator is unbiased given ``beta``.
+
+    Parameters
+    ----------
+    fine, coarse : array (G, *own_shape)
+        Group means (see :func:`group_means`), one coefficient per component.
+
+    Returns
+    -------
+    array (*own_shape)
+
+    References
+    ----------
+    A. B. Owen, "Monte Carlo theory, methods and examples", sec. 8.9 (2013).
+    """
+    fine, coarse = np.asarray(fine, dtype=np.float64), np.asarray(coarse, dtype=np.float64)
+    if fine.shape != coarse.shape or len(fine) < 2:
+        raise ValueError(f"fine and coarse need the same shape (G >= 2, ...), got {fine.shape} and {coarse.shape}")
+    df, dc = fine - fine.mean(axis=0), coarse - coarse.mean(axis=0)
+    covariance, variance = (df * dc).sum(axis=0), (dc**2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(variance > 0, covariance / variance, 0.0)
+
+
+def level_allocation(variances: np.ndarray, costs: np.ndarray, budget: float) -> np.ndarray:
+    """Evaluations per level that minimize the variance of a sum of levels at a given cost.
+
+    Minimizing ``sum_l V_l / n_l`` subject to ``sum_l n_l C_l = B`` (Lagrange) gives::
+
+        n_l = B sqrt(V_l / C_l) / sum_k sqrt(V_k C_k)
+
+    ``V_l`` is the level's variance per evaluation *under its design*
+    (``n · std_error^2`` from a pilot), ``C_l`` its cost per evaluation in NFE. The result is
+    real-valued; round it to each design's allowed counts.
+
+    Parameters
+    ----------
+    variances, costs : array (L,)
+        ``V_l >= 0``, ``C_l > 0``.
+    budget : float
+        Total cost ``B > 0``.
+
+    Returns
+    -------
+    array (L,)
+
+    References
+    ----------
+    M. B. Giles, "Multilevel Monte Carlo path simulation", Oper. Res. 56(3), 2008, sec. 2.
+    """
+    variances, costs = np.asarray(variances, dtype=np.float64), np.asarray(costs, dtype=np.float64)
+    if variances.shape != costs.shape or variances.ndim != 1:
+        raise ValueError(f"variances and costs must be (L,) arrays, got {variances.shape} and {costs.shape}")
+    if not (np.isfinite(variances).all() and (variances >= 0).all() and (costs > 0).all()):
+        raise ValueError(f"variances must be finite and >= 0 and costs > 0, got {variances} and {costs}")
+    if not budget > 0:
+        raise ValueError(f"budget must be > 0, got {budget}")
+    total = np.sqrt(variances * costs).sum()
+    if total == 0:
+        return budget * np.full(len(costs), 1.0 / costs.sum())
+    return budget * np.sqrt(variances / costs) / total

@@ -8,6 +8,12 @@ Schema (see ARCHITECTURE.md):
   ``summary`` in :data:`~mcdiff.estimators.SUMMARY_FIELDS`, plus ``n_evals(design)`` and
   ``nfe(design)``; attributes record the confidence level, model, sampler settings, seed and
   mcdiff version.
+
+Multi-fidelity results (:func:`build_multifidelity_result`) have the same ``/summary`` (plus
+``pilot_nfe(design)``) and, instead of ``/draws``, ``/levels``: one variable per statistic,
+dims ``("design", "level", "level_summary", *own_dims)`` with ``level_summary`` in
+:data:`LEVEL_FIELDS`, and per design and level the design name, ``n_evals``, ``n_groups``,
+``pilot_n_evals`` and ``nfe``; coordinates ``steps(level)`` and ``cost_per_eval(level)``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,21 @@ import numpy as np
 import xarray as xr
 
 from mcdiff.estimators import SUMMARY_FIELDS, relative_efficiency_vs_mc, summarize
+
+LEVEL_FIELDS = (
+    "mean",
+    "std_error",
+    "variance_per_eval",
+    "effective_variance",
+    "pilot_effective_variance",
+    "weight",
+    "coefficient",
+)
+"""Labels of the ``level_summary`` coordinate of ``/levels``: the level values' mean, its
+standard error, their pooled variance per evaluation, ``n · std_error^2`` (variance per
+evaluation under the level's design) in the final run and in the pilot (NaN without one), the
+weight of the level's mean in the sum, and ``beta``, the coefficient of ``f_{l-1}`` in the
+level values ``f_l - beta f_{l-1}`` (0 at level 0)."""
 
 
 def mcdiff_version() -> str:
@@ -69,6 +90,62 @@ def build_result(draws: xr.Dataset, confidence: float, attrs: dict) -> xr.DataTr
     return xr.DataTree.from_dict({"summary": summary, "draws": draws})
 
 
+def build_multifidelity_result(
+    rows: list[dict], statistics: list, steps: tuple[int, ...], confidence: float, attrs: dict
+) -> xr.DataTree:
+    """A multi-fidelity result DataTree (``/summary`` and ``/levels``) from per-combination rows.
+
+    Each row has ``label``, ``designs`` (one name per level), ``n_evals``, ``pilot_n_evals``
+    (per level), ``nfe``, ``pilot_nfe``, ``level_costs`` (per level),
+    ``summary = {statistic: {field: array}}`` over :data:`SUMMARY_FIELDS` and
+    ``levels = {statistic: [{field: array} per level]}`` over :data:`LEVEL_FIELDS`.
+    """
+    labels = [row["label"] for row in rows]
+    summary, levels = {}, {}
+    for stat in statistics:
+        first = np.asarray(rows[0]["summary"][stat.name]["estimate"])
+        own_dims = stat.own_dims(first[None])
+        coords = {d: stat.coords[d] for d in own_dims if d in stat.coords}
+        summary[stat.name] = xr.DataArray(
+            np.stack([np.stack([row["summary"][stat.name][f] for f in SUMMARY_FIELDS]) for row in rows]),
+            dims=("design", "summary", *own_dims),
+            coords=coords,
+        )
+        levels[stat.name] = xr.DataArray(
+            np.stack(
+                [
+                    np.stack([np.stack([level[f] for f in LEVEL_FIELDS]) for level in row["levels"][stat.name]])
+                    for row in rows
+                ]
+            ),
+            dims=("design", "level", "level_summary", *own_dims),
+            coords=coords,
+        )
+    counts = np.array([row["n_evals"] for row in rows])
+    costs = np.asarray(rows[0]["level_costs"])
+    summary_ds = xr.Dataset(summary, coords={"design": labels, "summary": list(SUMMARY_FIELDS)})
+    summary_ds["n_evals"] = ("design", counts.sum(axis=1))
+    summary_ds["nfe"] = ("design", [row["nfe"] for row in rows])
+    summary_ds["pilot_nfe"] = ("design", [row["pilot_nfe"] for row in rows])
+    summary_ds.attrs.update({**attrs, "confidence": confidence, "mcdiff_version": mcdiff_version()})
+    levels_ds = xr.Dataset(
+        levels,
+        coords={
+            "design": labels,
+            "level": np.arange(len(steps)),
+            "level_summary": list(LEVEL_FIELDS),
+            "steps": ("level", list(steps)),
+            "cost_per_eval": ("level", costs),
+        },
+    )
+    levels_ds["level_design"] = (("design", "level"), [row["designs"] for row in rows])
+    levels_ds["n_evals"] = (("design", "level"), counts)
+    levels_ds["n_groups"] = (("design", "level"), [row["n_groups"] for row in rows])
+    levels_ds["pilot_n_evals"] = (("design", "level"), [row["pilot_n_evals"] for row in rows])
+    levels_ds["nfe"] = (("design", "level"), (counts * costs).astype(int))
+    return xr.DataTree.from_dict({"summary": summary_ds, "levels": levels_ds})
+
+
 def save_result(result: xr.DataTree, path: str | Path) -> Path:
     """Save a result to NetCDF (``.nc``) or Zarr (``.zarr``)."""
     path = Path(path)
@@ -99,7 +176,7 @@ def format_table(result: xr.DataTree) -> str:
     """
     summary = result["summary"].to_dataset()
     level = summary.attrs.get("confidence", float("nan"))
-    header = ("statistic", "design", "estimate", f"{level:.0%} CI", "CI width", "rel. eff.", "vs MC")
+    header = ("statistic", "design", "estimate", f"{level:.0%} CI", "CI width", "NFE", "rel. eff.", "per NFE", "vs MC")
     rows = [header]
     for name, var in summary.data_vars.items():
         if "summary" not in var.dims:
@@ -121,10 +198,40 @@ def format_table(result: xr.DataTree) -> str:
                         f"{value['estimate']:.5g}",
                         f"[{value['ci_lower']:.5g}, {value['ci_upper']:.5g}]",
                         f"{value['ci_width']:.3g}",
+                        str(int(summary["nfe"].sel(design=design))),
                         f"{value['relative_efficiency']:.3g}",
+                        f"{value['relative_efficiency_per_nfe']:.3g}",
                         f"{value['relative_efficiency_vs_mc']:.3g}",
                     )
                 )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_levels(result: xr.DataTree) -> str:
+    """A plain-text table of a multi-fidelity result's ``/levels``: one row per design and level.
+
+    Shows steps, design, evaluations, NFE, and for each statistic (mean over its components)
+    the level mean, its standard error, the effective variance per evaluation and ``beta``.
+    """
+    levels = result["levels"].to_dataset()
+    stats = [name for name, var in levels.data_vars.items() if "level_summary" in var.dims]
+    header = ("design", "level", "steps", "level design", "n", "NFE")
+    header += tuple(f"{name} {part}" for name in stats for part in ("mean", "s.e.", "eff. var", "beta"))
+    rows = [header]
+    for design in levels["design"].values:
+        for level in levels["level"].values:
+            cell = levels.sel(design=design, level=level)
+            row = (str(design), str(level), str(int(cell["steps"])), str(cell["level_design"].values),
+                   str(int(cell["n_evals"])), str(int(cell["nfe"])))
+            for name in stats:
+                var = cell[name]
+                value = {f: float(var.sel(level_summary=f).mean()) for f in LEVEL_FIELDS}
+                row += (f"{value['mean']:.5g}", f"{value['std_error']:.3g}", f"{value['effective_variance']:.3g}",
+                        f"{value['coefficient']:.3g}")
+            rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

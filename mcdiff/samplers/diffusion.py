@@ -348,6 +348,24 @@ class DiffusionSampler(Sampler):
         images = (x0 + 1) / 2
         return images.clamp(0, 1) if self.clip_output else images
 
+    def with_steps(self, num_inference_steps: int) -> DiffusionSampler:
+        """The same network, scheduler and settings at another step count (a fidelity).
+
+        The copy shares ``unet``; its ``nfe`` is ``num_inference_steps``. Subclasses whose
+        constructor takes other arguments override this.
+        """
+        return type(self)(
+            self.unet,
+            self.scheduler,
+            num_inference_steps=num_inference_steps,
+            eta=self.eta,
+            image_shape=self.image_shape,
+            prior_mean=self.prior_mean,
+            clip_output=self.clip_output,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
     def describe(self) -> dict[str, str | int | float]:
         return {
             **super().describe(),

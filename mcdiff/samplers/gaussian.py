@@ -109,6 +109,18 @@ class GaussianSampler(DiffusionSampler):
             return torch.special.ndtr((images - 0.5) / self.probit_width)
         return images
 
+    def with_steps(self, num_inference_steps: int) -> GaussianSampler:
+        """The same data distribution and output map at another step count (a fidelity)."""
+        return GaussianSampler(
+            mean=self.data_mean.numpy(),
+            std=self.data_std.numpy(),
+            image_shape=self.image_shape,
+            num_inference_steps=num_inference_steps,
+            eta=self.eta,
+            output=self.output,
+            probit_width=self.probit_width,
+        )
+
     def output_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact per-pixel mean and standard deviation of the *unclipped* output image.
 

@@ -1,0 +1,100 @@
+"""Coverage of multi-fidelity 95% CIs of the exact fine-level truth on the analytic model.
+
+The probit-output Gaussian model (1x4x4, non-affine, so antithetic pairs do not cancel) is
+sampled at fidelities 2 < 5 < 20 (MLMC) and 2 < 20 (control variate) with the full pipeline:
+a pilot per level, Giles' allocation of a budget of NFE, the final run on independent
+streams and the Welch–Satterthwaite t-interval. The truth is the 20-step sampler's exact
+expectation (``GaussianSampler.expected_value``). Each coverage is Binomial(R, 0.95)/R if the
+intervals are exact: SE 0.97% at R = 500, so |coverage - 0.95| < 2.9% is 3 SE.
+
+Measured (the .md beside this file): brightness covers within 3 SE for all 12 combinations;
+the pooled per-pixel coverage does not for two control variates whose coarse-only level is
+(antithetic) RQMC, cv+amc-rqmc 0.904 and cv+rqmc/amc 0.886 (0.93 with pilot 64 over 300
+repeats, 0.88 with budget 8000). Their estimates are unbiased (bias t-statistics ~N(0, 1) over
+200 repeats, empirical SD / mean SE 0.93-1.16): the interval, not the estimator, is short there.
+
+    python statistics/multifidelity_coverage.py                  # 500 repeats, writes the .md
+    python statistics/multifidelity_coverage.py --repeats 50     # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import mcdiff
+from mcdiff.designs import SobolRQMC
+
+FIDELITIES = {"mlmc": [2, 5, 20], "cv": [2, 20]}
+COMBINATIONS = {
+    "mlmc": ["mc", "amc", SobolRQMC(16), SobolRQMC(16, antithetic=True), ("amc-rqmc", "rqmc", "amc"),
+             ("mc", "amc-rqmc", "rqmc")],
+    "cv": ["mc", "amc", SobolRQMC(16), SobolRQMC(16, antithetic=True), ("rqmc", "amc"), ("amc", "amc-rqmc")],
+}
+STATS = ("brightness", "pixel_mean")
+
+
+def study(method: str, repeats: int, budget_nfe: int, pilot: int) -> list[tuple]:
+    """Rows ``(method, design, coverage brightness, coverage pixel_mean, mean NFE, efficiency)``."""
+    model = mcdiff.GaussianSampler(mean=np.linspace(0.15, 0.85, 16).reshape(1, 4, 4), std=0.25,
+                                   image_shape=(1, 4, 4), output="probit")
+    fine = model.with_steps(FIDELITIES[method][-1])
+    truth = {s: fine.expected_value(s) for s in STATS}
+    hits, nfe, efficiency = {}, {}, {}
+    for seed in range(repeats):
+        summary = mcdiff.estimate_multifidelity(
+            model, list(STATS), FIDELITIES[method], COMBINATIONS[method], method=method, budget_nfe=budget_nfe,
+            pilot=pilot, seed=seed, progress=False,
+        )["summary"]
+        for design in summary["design"].values:
+            for stat, exact in truth.items():
+                cell = summary[stat].sel(design=design)
+                inside = (cell.sel(summary="ci_lower").values <= exact) & (exact <= cell.sel(summary="ci_upper").values)
+                hits.setdefault((design, stat), []).append(np.mean(inside))
+            total = summary["nfe"].sel(design=design) + summary["pilot_nfe"].sel(design=design)
+            nfe.setdefault(design, []).append(int(total))
+            eff = summary["brightness"].sel(design=design, summary="relative_efficiency_per_nfe")
+            efficiency.setdefault(design, []).append(float(eff))
+    return [
+        (method, design, np.mean(hits[design, "brightness"]), np.mean(hits[design, "pixel_mean"]),
+         np.mean(nfe[design]), np.median(efficiency[design]))
+        for design in nfe
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=500)
+    parser.add_argument("--budget-nfe", type=int, default=2000)
+    parser.add_argument("--pilot", type=int, default=32)
+    parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".md"))
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    rows = [row for method in ("mlmc", "cv") for row in study(method, args.repeats, args.budget_nfe, args.pilot)]
+    tolerance = 3 * np.sqrt(0.95 * 0.05 / args.repeats)
+    header = ("method", "design per level", "coverage brightness", "coverage pixel_mean (pooled)",
+              "mean NFE incl. pilot", "median rel. eff. per NFE (brightness)", "within 3 SE")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, design, brightness, pixels, nfe, eff in rows:
+        ok = abs(brightness - 0.95) < tolerance and abs(pixels - 0.95) < tolerance
+        lines.append(f"| {method} | {design} | {brightness:.3f} | {pixels:.3f} | {nfe:.0f} | {eff:.3g} | "
+                     f"{'yes' if ok else 'NO'} |")
+    command = "python " + " ".join(shlex.quote(a) for a in ["statistics/multifidelity_coverage.py", *sys.argv[1:]])
+    text = "\n".join([
+        f"# Multi-fidelity coverage ({args.repeats} repeats, 95% CIs)", "", f"`{command}`", "",
+        (
+            f"Fidelities {FIDELITIES}; budget {args.budget_nfe} NFE, pilot {args.pilot} per level; tolerance "
+            f"±{tolerance:.3f} (3 binomial SE). {time.perf_counter() - start:.0f} s."
+        ), "", *lines, "",
+    ])
+    args.output.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
