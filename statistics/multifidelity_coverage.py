@@ -7,13 +7,13 @@ streams and the Welch–Satterthwaite t-interval. The truth is the 20-step sampl
 expectation (``GaussianSampler.expected_value``). Each coverage is Binomial(R, 0.95)/R if the
 intervals are exact: SE 0.97% at R = 500, so |coverage - 0.95| < 2.9% is 3 SE.
 
-Measured (the .md beside this file): brightness covers within 3 SE for all 12 combinations;
+Measured (results/multifidelity_coverage.md): brightness covers within 3 SE for all 12 combinations;
 the pooled per-pixel coverage does not for two control variates whose coarse-only level is
 (antithetic) RQMC, cv+amc-rqmc 0.904 and cv+rqmc/amc 0.886 (0.93 with pilot 64 over 300
 repeats, 0.88 with budget 8000). Their estimates are unbiased (bias t-statistics ~N(0, 1) over
 200 repeats, empirical SD / mean SE 0.93-1.16): the interval, not the estimator, is short there.
 
-    python statistics/multifidelity_coverage.py                  # 500 repeats, writes the .md
+    python statistics/multifidelity_coverage.py                  # 500 repeats, writes results/multifidelity_coverage.md
     python statistics/multifidelity_coverage.py --repeats 50     # a quick look
 """
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=500)
     parser.add_argument("--budget-nfe", type=int, default=2000)
     parser.add_argument("--pilot", type=int, default=32)
-    parser.add_argument("--output", type=Path, default=Path(__file__).with_suffix(".md"))
+    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "multifidelity_coverage.md")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     rows = [row for method in ("mlmc", "cv") for row in study(method, args.repeats, args.budget_nfe, args.pilot)]

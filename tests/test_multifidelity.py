@@ -315,6 +315,6 @@ def test_intervals_cover_the_fine_truth_in_200_repeats(probit_model, method):
 @pytest.mark.parametrize("method", ["mlmc", "cv"])
 def test_intervals_cover_the_fine_truth_in_500_repeats(probit_model, method):
     """Run with ``-m slow``. Known to fail for ``cv`` whose coarse-only stream is RQMC
-    (pixel-wise coverage 0.886-0.904, statistics/multifidelity_coverage.md): the t-interval
+    (pixel-wise coverage 0.886-0.904, statistics/results/multifidelity_coverage.md): the t-interval
     over 16 scrambled-Sobol' replicates, amplified by beta^2, is too short."""
     _check_coverage(coverage(probit_model, method, 500), 500)
