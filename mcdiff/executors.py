@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mcdiff import runner
 from mcdiff.designs import Design
 from mcdiff.functionals import Statistic
 from mcdiff.samplers.base import Sampler
@@ -53,7 +52,9 @@ def _info(sampler: Sampler) -> ModelInfo:
 
 
 def _evaluate(sampler: Sampler, statistics: Sequence[Statistic], seed: int, batch_size: int, block: Block):
-    return runner.evaluate_design(
+    from mcdiff.runner import evaluate_design  # the runner imports this module
+
+    return evaluate_design(
         sampler, statistics, block.design, block.n_evals, seed, batch_size, start=block.start, stop=block.stop
     )
 
@@ -77,7 +78,12 @@ class LocalExecutor:
         return _info(self._load(model))
 
     def evaluate(
-        self, model: Model, statistics: Sequence[Statistic], seed: int, batch_size: int, blocks: Iterable[Block]
+        self,
+        model: Model,
+        statistics: Sequence[Statistic],
+        seed: int,
+        batch_size: int,
+        blocks: Iterable[Block],
     ) -> Iterator[tuple[Block, dict[str, np.ndarray]]]:
         """Yield ``(block, {statistic: (stop - start, *own_shape)})`` for every block, in order."""
         sampler = self._load(model)
@@ -174,14 +180,21 @@ class DaskExecutor:
         return self.client.submit(_describe_on_worker, self._key(model), model, pure=False).result()
 
     def evaluate(
-        self, model: Model, statistics: Sequence[Statistic], seed: int, batch_size: int, blocks: Iterable[Block]
+        self,
+        model: Model,
+        statistics: Sequence[Statistic],
+        seed: int,
+        batch_size: int,
+        blocks: Iterable[Block],
     ) -> Iterator[tuple[Block, dict[str, np.ndarray]]]:
         """Yield ``(block, {statistic: (stop - start, *own_shape)})`` as blocks finish, in any order."""
         from distributed import KilledWorker, as_completed
 
         key = self._key(model)
         futures = {
-            self.client.submit(_evaluate_on_worker, key, model, statistics, seed, batch_size, b, pure=False): b
+            self.client.submit(
+                _evaluate_on_worker, key, model, statistics, seed, batch_size, b, pure=False
+            ): b
             for b in blocks
         }
         try:

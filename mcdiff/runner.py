@@ -71,20 +71,20 @@ def evaluate_design(
     if first % design.unit or last % design.unit:
         raise ValueError(f"addresses [{first}, {last}) split a pair of design {design.name!r}")
     values: dict[str, np.ndarray] = {}
-    for start in range(first, last, step):
-        stop = min(last, start + step)
+    for lo in range(first, last, step):
+        hi = min(last, lo + step)
         noise = {
             name: torch.from_numpy(z).to(device=sampler.device, dtype=sampler.dtype)
-            for name, z in design.draw(spec, seed, start, stop, n_evals).items()
+            for name, z in design.draw(spec, seed, lo, hi, n_evals).items()
         }
         with torch.inference_mode():
             images = sampler(noise)
-        _check_images(images, stop - start, sampler)
+        _check_images(images, hi - lo, sampler)
         for stat in statistics:
             batch = stat(images)
             bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
             if bad.any():
-                addresses = (np.flatnonzero(bad) + start).tolist()
+                addresses = (np.flatnonzero(bad) + lo).tolist()
                 raise ValueError(
                     f"statistic {stat.name!r} is not finite (NaN or inf) at evaluations "
                     f"{addresses[:10]}{' ...' if len(addresses) > 10 else ''} of design {design.name!r}"
@@ -96,8 +96,8 @@ def evaluate_design(
                     f"statistic {stat.name!r} changed shape from {values[stat.name].shape[1:]} "
                     f"to {batch.shape[1:]} between batches"
                 )
-            values[stat.name][start - first : stop - first] = batch
-        on_batch(stop - start)
+            values[stat.name][lo - first : hi - first] = batch
+        on_batch(hi - lo)
     return values
 
 
@@ -191,7 +191,9 @@ def estimate(
                 f"batch_size={batch_size!r} cannot hold a pair of design {design.name!r}: "
                 f"use an integer >= {design.unit}"
             )
-    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1):
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
         raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
     stopping = _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals)
     if progress is None:
@@ -206,7 +208,9 @@ def estimate(
     with tqdm(total=0, disable=not progress, unit="eval", desc="mcdiff") as bar:
         while True:
             rounds += 1
-            blocks = [b for d in layouts for b in _missing_blocks(d, n, chunks[d.name], batch_size, block_size)]
+            blocks = [
+                b for d in layouts for b in _missing_blocks(d, n, chunks[d.name], batch_size, block_size)
+            ]
             bar.total += sum(b.stop - b.start for b in blocks)
             bar.refresh()
             for block, values in executor.evaluate(sampler, stats, seed, batch_size, blocks):
@@ -218,7 +222,9 @@ def estimate(
             if stopping is None:
                 break
             for d in layouts:
-                if d.name not in reached_at and _meets_target(per_design[d.name], d.group_ids(n), confidence, stopping):
+                if d.name in reached_at:
+                    continue
+                if _meets_target(per_design[d.name], d.group_ids(n), confidence, stopping):
                     reached_at[d.name] = n
             if len(reached_at) == len(layouts) or 2 * n > stopping["max_evals"]:
                 break
@@ -250,12 +256,16 @@ def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals) -> di
     """The stopping rule's settings as result attributes, or ``None`` without a target."""
     targets = {"target_ci_width": target_ci_width, "target_rel_width": target_rel_width}
     for name, value in targets.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise ValueError(f"{name} must be a positive number or None, got {value!r}")
     targets = {name: float(value) for name, value in targets.items() if value is not None}
     if not targets:
         if max_evals is not None:
-            raise ValueError("max_evals caps sequential stopping: give target_ci_width or target_rel_width too")
+            raise ValueError(
+                "max_evals caps sequential stopping: give target_ci_width or target_rel_width too"
+            )
         return None
     if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < n_evals:
         raise ValueError(
@@ -265,7 +275,9 @@ def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals) -> di
     return {**targets, "max_evals": max_evals}
 
 
-def _meets_target(values: dict[str, np.ndarray], groups: np.ndarray, confidence: float, stopping: dict) -> bool:
+def _meets_target(
+    values: dict[str, np.ndarray], groups: np.ndarray, confidence: float, stopping: dict
+) -> bool:
     """Whether every statistic component's interval meets the absolute and relative targets."""
     for v in values.values():
         fields = summarize(v, groups, confidence)
@@ -289,7 +301,9 @@ def _fingerprint(info: ModelInfo, seed: int, layouts: Sequence[Design], stats: S
     }
 
 
-def _missing_blocks(design: Design, n_evals: int, chunks, batch_size: int, block_size: int | None) -> list[Block]:
+def _missing_blocks(
+    design: Design, n_evals: int, chunks, batch_size: int, block_size: int | None
+) -> list[Block]:
     """Blocks covering the addresses ``0 .. n_evals - 1`` that ``chunks`` do not hold.
 
     Blocks lie on a grid of ``size`` evaluations, ``size`` a multiple of the batch and of the
@@ -305,7 +319,9 @@ def _missing_blocks(design: Design, n_evals: int, chunks, batch_size: int, block
     for cell in range(0, n_evals, size):
         flags = np.concatenate([[False], todo[cell : cell + size], [False]])
         edges = np.flatnonzero(np.diff(flags.astype(np.int8)))
-        blocks += [Block(design, n_evals, cell + int(a), cell + int(b)) for a, b in zip(edges[::2], edges[1::2])]
+        blocks += [
+            Block(design, n_evals, cell + int(a), cell + int(b)) for a, b in zip(edges[::2], edges[1::2])
+        ]
     return blocks
 
 
@@ -319,7 +335,10 @@ def _assemble(chunks, n_evals: int) -> dict[str, np.ndarray]:
             if name not in out:
                 out[name] = np.empty((n_evals, *v.shape[1:]))
             elif v.shape[1:] != out[name].shape[1:]:
-                raise ValueError(f"statistic {name!r} has shape {v.shape[1:]} in one block, {out[name].shape[1:]} in another")
+                raise ValueError(
+                    f"statistic {name!r} has shape {v.shape[1:]} in one block and "
+                    f"{out[name].shape[1:]} in another"
+                )
             out[name][start : min(stop, n_evals)] = v[: min(stop, n_evals) - start]
     return out
 

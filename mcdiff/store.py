@@ -26,6 +26,7 @@ damaged fingerprint and a damaged or foreign block file raise ``ValueError`` too
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -96,7 +97,9 @@ class ResultStore:
             try:
                 stored = json.loads(marker.read_text())
                 if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-                    raise ValueError(f"format is {stored.get('format') if isinstance(stored, dict) else stored!r}")
+                    raise ValueError(
+                        f"format is {stored.get('format') if isinstance(stored, dict) else stored!r}"
+                    )
             except (ValueError, UnicodeDecodeError) as err:
                 raise ValueError(
                     f"{str(marker)!r} is not an {FORMAT} fingerprint ({err}): the store is damaged or "
@@ -119,7 +122,9 @@ class ResultStore:
 
     def _dir(self, design: str) -> Path:
         if design not in self.fingerprint["designs"]:
-            raise ValueError(f"design {design!r} is not in this store; it has {list(self.fingerprint['designs'])}")
+            raise ValueError(
+                f"design {design!r} is not in this store; it has {list(self.fingerprint['designs'])}"
+            )
         return self.path / "blocks" / design
 
     def _scan(self, design: str) -> None:
@@ -138,7 +143,7 @@ class ResultStore:
                 raise ValueError(f"block file {str(entry)!r} names an empty range")
             index[start] = stop
         ends = sorted(index.items())
-        for (a, b), (c, d) in zip(ends, ends[1:]):
+        for (a, b), (c, d) in itertools.pairwise(ends):
             if c < b:
                 raise ValueError(
                     f"store {str(self.path)!r} has overlapping blocks [{a}, {b}) and [{c}, {d}) of "
@@ -158,7 +163,9 @@ class ResultStore:
         """
         folder = self._dir(design)
         if set(values) != set(self.fingerprint["statistics"]):
-            raise ValueError(f"block has statistics {sorted(values)}, the store {self.fingerprint['statistics']}")
+            raise ValueError(
+                f"block has statistics {sorted(values)}, the store {self.fingerprint['statistics']}"
+            )
         for other_start, other_stop in self._index[design].items():
             if start < other_stop and other_start < stop:
                 raise ValueError(
@@ -193,7 +200,9 @@ class ResultStore:
                 with np.load(file) as data:
                     content = {key: data[key] for key in data.files}
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-                raise ValueError(f"block file {str(file)!r} is damaged ({err}); delete it to recompute it") from None
+                raise ValueError(
+                    f"block file {str(file)!r} is damaged ({err}); delete it to recompute it"
+                ) from None
             names = sorted(k[5:] for k in content if k.startswith("stat_"))
             problem = None
             if str(content.get("digest")) != self.digest:
@@ -205,7 +214,9 @@ class ResultStore:
             elif any(len(content[f"stat_{n}"]) != stop - start for n in names):
                 problem = "its row count differs from its range"
             if problem:
-                raise ValueError(f"block file {str(file)!r} does not belong here: {problem}; delete it to recompute it")
+                raise ValueError(
+                    f"block file {str(file)!r} does not belong here: {problem}; delete it to recompute it"
+                )
             blocks.append((start, stop, {n: content[f"stat_{n}"] for n in names}))
         return blocks
 

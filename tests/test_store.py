@@ -24,8 +24,13 @@ class CountingSampler(mcdiff.GaussianSampler):
     """The probit analytic model; counts evaluations, and kills its own process at call ``kill_at``."""
 
     def __init__(self, kill_at=None):
-        super().__init__(mean=np.linspace(0.15, 0.85, 16).reshape(1, 4, 4), std=0.25, image_shape=(1, 4, 4),
-                         num_inference_steps=4, output="probit")
+        super().__init__(
+            mean=np.linspace(0.15, 0.85, 16).reshape(1, 4, 4),
+            std=0.25,
+            image_shape=(1, 4, 4),
+            num_inference_steps=4,
+            output="probit",
+        )
         self.kill_at, self.calls, self.evaluated = kill_at, 0, 0
 
     def sample(self, noise):
@@ -42,19 +47,29 @@ def uninterrupted():
 
 
 def _stored(path):
-    return sum(int(f.stem.split("-")[1]) - int(f.stem.split("-")[0]) for f in Path(path).glob("blocks/*/*.npz"))
+    return sum(
+        int(f.stem.split("-")[1]) - int(f.stem.split("-")[0]) for f in Path(path).glob("blocks/*/*.npz")
+    )
 
 
-def test_sigkill_then_resume_gives_the_uninterrupted_result_and_computes_nothing_twice(tmp_path, uninterrupted):
+def test_sigkill_then_resume_gives_the_uninterrupted_result_and_computes_nothing_twice(
+    tmp_path, uninterrupted
+):
     store = tmp_path / "store"
     script = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import mcdiff; "
         f"from test_store import CountingSampler, RUN; "
         f"mcdiff.estimate(CountingSampler(kill_at=19), store={str(store)!r}, **RUN)"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(mcdiff.__file__).parents[1]),
-                                                          os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(mcdiff.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, timeout=120, check=False
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     stored = _stored(store)
     assert 0 < stored < 4 * 256  # killed in the middle: 18 batches of 32 were computed and stored
@@ -118,7 +133,7 @@ def _damage(store):
 def _foreign_block(store):
     other = store.parent / "other"
     mcdiff.estimate(CountingSampler(), store=other, **{**RUN, "designs": ["mc"], "seed": 6})
-    shutil.copy(sorted((other / "blocks" / "mc").glob("*.npz"))[0], store / "blocks" / "mc" / "0-32.npz")
+    shutil.copy(min((other / "blocks" / "mc").glob("*.npz")), store / "blocks" / "mc" / "0-32.npz")
     return "does not belong here: it was written by a different run"
 
 
@@ -155,8 +170,18 @@ def test_fingerprint_records_what_produced_the_values(tmp_path):
     mcdiff.estimate(CountingSampler(), store=tmp_path / "s", **{**RUN, "designs": ["amc-rqmc"]})
     fingerprint = json.loads((tmp_path / "s" / "fingerprint.json").read_text())
     assert fingerprint["seed"] == 5 and fingerprint["statistics"] == STATS
-    assert fingerprint["model"]["model"] == "CountingSampler" and fingerprint["noise_spec"] == {"x_T": [1, 4, 4]}
+    assert fingerprint["model"]["model"] == "CountingSampler" and fingerprint["noise_spec"] == {
+        "x_T": [1, 4, 4]
+    }
     assert "points_per_replicate=8" in fingerprint["designs"]["amc-rqmc"]
-    assert set(fingerprint) == {"format", "model", "seed", "designs", "statistics", "noise_spec", "mcdiff_version"}
+    assert set(fingerprint) == {
+        "format",
+        "model",
+        "seed",
+        "designs",
+        "statistics",
+        "noise_spec",
+        "mcdiff_version",
+    }
     store = ResultStore.open(tmp_path / "s", {k: v for k, v in fingerprint.items() if k != "format"})
     assert store.done("amc-rqmc") == [(start, start + 32) for start in range(0, 256, 32)]
