@@ -9,9 +9,10 @@ grows with N is bookkeeping of about 75 bytes per evaluation (the value, its ``g
 ``address``, and the copies made while the result is assembled and summarized): 7 MB at
 N = 10^5, under 2% of the process.
 
-Dask: the same study in this process (1 torch thread) and on a ``LocalCluster`` of 2 worker
-processes with 1 thread each (model built once per worker from a factory); the results are
-checked to be bit-identical.
+Dask: the same study in this process (1 torch thread; in the main thread and, as Dask runs
+tasks, in a worker thread: the speed-up is against the latter) and on a ``LocalCluster`` of
+2 worker processes with 1 thread each (model built once per worker from a factory); the
+results are checked to be bit-identical.
 
     PYTHONPATH=. python benchmarks/memory_and_dask.py            # both parts
     PYTHONPATH=. python benchmarks/memory_and_dask.py --memory   # memory only
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import mcdiff
@@ -79,7 +81,7 @@ def heavy_model() -> mcdiff.GaussianSampler:
     return mcdiff.GaussianSampler(image_shape=(1, 32, 32), num_inference_steps=50)
 
 
-def dask_table(n_evals: int = 8192) -> None:
+def dask_table(n_evals: int = 32_768) -> None:
     import dask
     from distributed import Client, LocalCluster
 
@@ -97,26 +99,37 @@ def dask_table(n_evals: int = 8192) -> None:
         block_size=1024,
         progress=False,
     )
-    start = time.perf_counter()
-    local = run(heavy_model)
-    t_local = time.perf_counter() - start
+
+    def timed(**kwargs):
+        """Best of two runs (the machine may be shared), and the result."""
+        seconds = []
+        for _ in range(2):
+            start = time.perf_counter()
+            result = run(heavy_model, **kwargs)
+            seconds.append(time.perf_counter() - start)
+        return min(seconds), result
+
+    run(heavy_model, n_evals=1024)  # warm-up of this process
+    t_local, local = timed()
+    # Dask runs tasks in worker threads; glibc serves a non-main thread from its own arena,
+    # which handles torch's large CPU tensors much faster here than the main thread's heap.
+    with ThreadPoolExecutor(1) as thread:
+        t_thread, _ = thread.submit(timed).result()
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         executor = mcdiff.DaskExecutor(client)
-        executor.describe(heavy_model)  # start-up: workers import torch and build the model
-        client.run(heavy_model)  # ... on both workers, so the timing is of evaluation only
-        start = time.perf_counter()
-        remote = run(heavy_model, executor=executor)
-        t_dask = time.perf_counter() - start
+        run(heavy_model, n_evals=1024, executor=executor)  # warm-up: workers import torch, build the model
+        t_dask, remote = timed(executor=executor)
     print(
         f"\nDask speed-up, analytic model 1x32x32, 50 DDIM steps, designs amc + amc-rqmc, N={n_evals} each, "
-        "blocks of 1024"
+        "blocks of 1024, best of 2"
     )
-    print(f"{'executor':>22}  {'seconds':>8}  {'speed-up':>8}")
-    print(f"{'local, 1 thread':>22}  {t_local:8.1f}  {1:8.2f}")
-    print(f"{'Dask, 2 workers x 1':>22}  {t_dask:8.1f}  {t_local / t_dask:8.2f}")
+    print(f"{'executor':>24}  {'seconds':>8}  {'speed-up':>8}")
+    print(f"{'local, main thread':>24}  {t_local:8.1f}  {t_local / t_thread:8.2f}")
+    print(f"{'local, 1 worker thread':>24}  {t_thread:8.1f}  {1:8.2f}")
+    print(f"{'Dask, 2 workers x 1':>24}  {t_dask:8.1f}  {t_thread / t_dask:8.2f}")
     print(f"bit-identical results: {remote.identical(local)}")
 
 

@@ -67,7 +67,7 @@ class LocalExecutor:
         self._sampler: Sampler | None = None
 
     def _load(self, model: Model) -> Sampler:
-        if isinstance(model, Sampler):
+        if _is_sampler(model):
             return model
         if model is not self._model:
             self._model, self._sampler = model, _build(model)
@@ -91,11 +91,16 @@ class LocalExecutor:
             yield block, _evaluate(sampler, statistics, seed, batch_size, block)
 
 
+def _is_sampler(model) -> bool:
+    """A sampler (by class or by its contract's ``noise_spec``), as opposed to a factory."""
+    return isinstance(model, Sampler) or hasattr(model, "noise_spec")
+
+
 def _build(factory: Callable[[], Sampler]) -> Sampler:
     if not callable(factory):
         raise ValueError(f"a model must be a Sampler or a factory that builds one, got {factory!r}")
     sampler = factory()
-    if not isinstance(sampler, Sampler):
+    if not _is_sampler(sampler):
         raise ValueError(f"the model factory {factory!r} returned {type(sampler).__name__}, not a Sampler")
     return sampler
 
@@ -168,7 +173,7 @@ class DaskExecutor:
     def _key(model: Model) -> str:
         import cloudpickle
 
-        if isinstance(model, Sampler) or not callable(model):
+        if _is_sampler(model) or not callable(model):
             raise ValueError(
                 f"DaskExecutor needs a model factory, a picklable callable that builds the sampler on "
                 f"the worker (e.g. functools.partial(GaussianSampler, ...)); got {type(model).__name__}"
