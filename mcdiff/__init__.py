@@ -5,9 +5,10 @@ intervals, using noise designs (antithetic pairs, scrambled Sobol' RQMC) that na
 intervals per model evaluation.
 """
 
-from mcdiff.diagnostics import antisymmetry, diagnose, pair_correlation, trajectory_correlation
-from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
 from mcdiff.data import digits, extreme_brightness, load_dataset
+from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
+from mcdiff.diagnostics import antisymmetry, diagnose, pair_correlation, trajectory_correlation
+from mcdiff.executors import DaskExecutor, LocalExecutor
 from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
 from mcdiff.models import bundled_model, load_model
 from mcdiff.multifidelity import estimate_multifidelity
@@ -21,17 +22,21 @@ from mcdiff.samplers import (
     ProbabilisticOffsetSampler,
     Sampler,
 )
+from mcdiff.store import ResultStore
 from mcdiff.training import train
 
 __all__ = [
     "Antithetic",
+    "DaskExecutor",
     "Design",
     "DiffusionSampler",
     "FunctionSampler",
     "GaussianSampler",
+    "LocalExecutor",
     "MonteCarlo",
     "PipelineSampler",
     "ProbabilisticOffsetSampler",
+    "ResultStore",
     "Sampler",
     "SobolRQMC",
     "Statistic",

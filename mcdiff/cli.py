@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 from mcdiff.designs import DESIGN_NAMES
 from mcdiff.diagnostics import diagnose, format_report, load_lpips, save_figures
+from mcdiff.executors import DaskExecutor
 from mcdiff.functionals import BUILTIN
 from mcdiff.models import BUNDLED, load_model
 from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity
@@ -31,21 +33,43 @@ def _add_estimate(sub) -> None:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-result.nc"), help=".nc or .zarr")
+    p.add_argument(
+        "--store", type=Path, help="result store directory: blocks are saved as computed; rerun to resume"
+    )
+    p.add_argument("--block-size", type=int, help="evaluations per block / Dask task (default: a batch)")
+    p.add_argument("--target-ci-width", type=float, help="stop when CI width <= this (doubling n)")
+    p.add_argument("--target-rel-width", type=float, help="stop when CI width <= this · |estimate|")
+    p.add_argument("--max-evals", type=int, help="budget cap per design for sequential stopping")
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786): run blocks on its workers")
     p.set_defaults(run=_run_estimate)
 
 
 def _run_estimate(args) -> None:
-    sampler = load_model(args.model, args.steps)
-    result = estimate(
-        sampler,
+    model = partial(load_model, args.model, args.steps)  # a factory: Dask workers build the model
+    options = dict(
         statistics=args.statistics,
         designs=args.designs,
         n_evals=args.n_evals,
         seed=args.seed,
         confidence=args.confidence,
         batch_size=args.batch_size,
+        store=args.store,
+        block_size=args.block_size,
+        target_ci_width=args.target_ci_width,
+        target_rel_width=args.target_rel_width,
+        max_evals=args.max_evals,
     )
+    if args.scheduler:
+        with DaskExecutor(args.scheduler) as executor:
+            result = estimate(model, executor=executor, **options)
+    else:
+        result = estimate(model, **options)
     print(format_table(result))
+    summary = result["summary"]
+    if "stopping_rounds" in summary.attrs:
+        reached = "reached" if summary.attrs["target_reached"] else "NOT reached"
+        print(f"\nsequential stopping: target {reached} after {summary.attrs['stopping_rounds']} rounds, "
+              f"n_evals={int(summary['n_evals'][0])}")
     print(f"\nwrote {save_result(result, args.output)}")
 
 

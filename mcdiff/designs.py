@@ -133,6 +133,25 @@ class Design(ABC):
             except ValueError:
                 n += self.unit
 
+    def group_size(self, n_evals: int) -> int:
+        """Evaluations per group (1, a pair, a replicate) in a run of ``n_evals``.
+
+        Groups are numbered ``0 .. G - 1`` in address order and equally sized, so this is
+        ``n_evals / G``. Blocks of work and stopping rounds are cut at multiples of it.
+        """
+        return n_evals // (int(self.group_ids(n_evals)[-1]) + 1)
+
+    def extendable(self, n_evals: int) -> Design:
+        """This design for a run of ``n_evals``, extendable past ``n_evals`` by whole groups.
+
+        The returned design draws the same noise as ``self`` at addresses ``0 .. n_evals - 1``
+        and its noise at any address does not depend on the run length, so a run can grow
+        (sequential stopping) or resume without changing a single stored draw. Plain MC and
+        antithetic noise never depend on the run length: they return ``self``.
+        """
+        self.check_n(n_evals)
+        return self
+
     def _check_count(self, n_evals: int, minimum: int) -> None:
         if isinstance(n_evals, bool) or not isinstance(n_evals, (int, np.integer)):
             raise ValueError(f"n_evals must be an integer, got {n_evals!r}")
@@ -221,6 +240,11 @@ class SobolRQMC(Design):
         Coordinates the Sobol' points are laid on.
     max_dim : int
         How many leading coordinates get Sobol' points (at most :data:`SOBOL_MAX_DIM`).
+    points_per_replicate : int, optional
+        Fix 2^m. ``n_evals`` may then be any ``k · 2^m`` (times 2 with ``antithetic``) with
+        ``k >= replicates``: a longer run *adds replicates* and leaves the noise of every
+        earlier address unchanged (see :meth:`extendable`). By default 2^m is
+        ``n_evals / replicates`` (divided by 2 with ``antithetic``).
 
     References
     ----------
@@ -233,7 +257,18 @@ class SobolRQMC(Design):
         antithetic: bool = False,
         basis: str = "auto",
         max_dim: int = SOBOL_MAX_DIM,
+        points_per_replicate: int | None = None,
     ):
+        if points_per_replicate is not None and (
+            isinstance(points_per_replicate, bool)
+            or not isinstance(points_per_replicate, (int, np.integer))
+            or points_per_replicate < 1
+            or points_per_replicate & (points_per_replicate - 1)
+        ):
+            raise ValueError(
+                f"points_per_replicate must be a power of two (1, 2, 4, ...) or None, "
+                f"got {points_per_replicate!r}"
+            )
         if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)):
             raise ValueError(f"replicates must be an integer >= 2, got {replicates!r}")
         if replicates < 2:
@@ -246,21 +281,41 @@ class SobolRQMC(Design):
         self.antithetic = bool(antithetic)
         self.basis = basis
         self.max_dim = int(max_dim)
+        self.points = None if points_per_replicate is None else int(points_per_replicate)
         self.name = "amc-rqmc" if antithetic else "rqmc"
         self.unit = 2 if antithetic else 1
 
     def __repr__(self) -> str:
         return (
             f"SobolRQMC(replicates={self.replicates}, antithetic={self.antithetic}, "
-            f"basis={self.basis!r}, max_dim={self.max_dim})"
+            f"basis={self.basis!r}, max_dim={self.max_dim}"
+            + ("" if self.points is None else f", points_per_replicate={self.points}")
+            + ")"
         )
 
     def points_per_replicate(self, n_evals: int) -> int:
         """Number of Sobol' points 2^m in each replicate for a run of ``n_evals``."""
         self.check_n(n_evals)
+        if self.points is not None:
+            return self.points
         return n_evals // (self.replicates * self.unit)
 
+    def extendable(self, n_evals: int) -> SobolRQMC:
+        """This design with 2^m fixed at its value for ``n_evals``: longer runs add replicates."""
+        return SobolRQMC(
+            self.replicates, self.antithetic, self.basis, self.max_dim, self.points_per_replicate(n_evals)
+        )
+
     def check_n(self, n_evals: int) -> None:
+        if self.points is not None:
+            self._check_count(n_evals, self.replicates * self.points * self.unit)
+            if n_evals % (self.points * self.unit):
+                factor = f"{self.unit}·" if self.unit > 1 else ""
+                raise ValueError(
+                    f"n_evals={n_evals} is not {factor}k·{self.points} (whole replicates of "
+                    f"points_per_replicate={self.points}) for design {self.name!r}"
+                )
+            return
         block = self.replicates * self.unit
         self._check_count(n_evals, block)
         points = n_evals // block
@@ -277,7 +332,10 @@ class SobolRQMC(Design):
 
     def nearest_n(self, n_evals: float) -> int:
         """The allowed ``replicates · 2^m`` (times 2 with ``antithetic``) nearest to ``n_evals``
-        on a log scale, at least one point per replicate."""
+        on a log scale, at least one point per replicate (with fixed ``points_per_replicate``:
+        the nearest whole number of replicates)."""
+        if self.points is not None:
+            return super().nearest_n(n_evals)
         block = self.replicates * self.unit
         return block * 2 ** max(0, round(math.log2(max(n_evals, 1) / block)))
 
@@ -289,8 +347,9 @@ class SobolRQMC(Design):
     def describe(self, spec: NoiseSpec) -> str:
         dim = noise_dim(spec)
         lead = min(dim, self.max_dim)
+        count = f"{self.replicates}" if self.points is None else f"{self.points}-point"
         text = (
-            f"{self.name}: {self.replicates} scrambled Sobol' replicates on the leading {lead} "
+            f"{self.name}: {count} scrambled Sobol' replicates on the leading {lead} "
             f"of {dim} coordinates in the {self._resolved_basis(dim)} basis"
         )
         if lead < dim:
