@@ -45,9 +45,6 @@ def load_sampler(model: str, steps: int, device: str | None) -> mcdiff.Diffusion
         return mcdiff.GaussianSampler(mean=mean[None], std=0.3, image_shape=(1, 16, 16),
                                       num_inference_steps=steps, output="probit")
     if model == "digits":
-        if not hasattr(mcdiff, "bundled_model"):
-            sys.exit("mcdiff.bundled_model is missing from this mcdiff: the bundled digits model is not installed "
-                     "(merge the training branch), or run with --model gaussian")
         kwargs = {"device": device} if device else {}
         return mcdiff.bundled_model("digits", num_inference_steps=steps, **kwargs)
     sys.exit(f"--model must be 'digits' or 'gaussian', got {model!r}")
