@@ -40,6 +40,7 @@ SOBOL_MAX_DIM = 21201
 _SOBOL_BITS = 30
 _TAGS = {"mc": 0, "amc": 1, "rqmc": 2, "amc-rqmc": 3}
 _STREAM_KEY = 1 << 16
+_SCRAMBLE_WORDS = {"nested": "nested-scrambled", "lms": "LMS+shift-scrambled"}
 
 
 def _rng(seed: int, *key: int) -> np.random.Generator:
@@ -212,13 +213,26 @@ class Antithetic(Design):
 
 
 class SobolRQMC(Design):
-    """Randomized quasi-Monte Carlo: ``replicates`` independent scrambles of 2^m Sobol' points.
+    r"""Randomized quasi-Monte Carlo: ``replicates`` independent scrambles of 2^m Sobol' points.
 
-    Each replicate scrambles a Sobol' sequence independently (linear matrix scrambling with
-    a digital shift, as in :class:`scipy.stats.qmc.Sobol`), shifts every point to the centre
-    of its cell of width 2^-30 so that no coordinate is 0 or 1, and maps it to N(0, I) by the
-    inverse normal CDF. The replicate means are independent and unbiased, which is what the
-    t-interval over replicates needs.
+    Each replicate scrambles the first 2^m points of a Sobol' sequence independently, shifts
+    every point to the centre of its cell of width 2^-30 so that no coordinate is 0 or 1, and
+    maps it to N(0, I) by the inverse normal CDF. The replicate means are independent and
+    unbiased, which is what the t-interval over replicates needs.
+
+    ``scramble="nested"`` (the default) is Owen's nested uniform scramble, truncated at 30
+    bits: bit ``k`` of coordinate ``j`` is flipped by an independent fair coin per node
+    ``(j, k, a_1 .. a_{k-1})`` of the tree of leading input bits,
+
+    .. math:: a'_k = a_k \oplus \pi_{j,k}(a_1, \dots, a_{k-1}),
+
+    with the coins drawn by a keyed hash (see :func:`_nested_scramble`). Each replicate is
+    still a (t, m, s)-net, every point is uniform on the 2^-30 grid, and for smooth
+    integrands the replicate mean is asymptotically normal (Loh 2003), so the t-interval
+    over a few replicates is calibrated. ``scramble="lms"`` is scipy's linear matrix
+    scramble with a digital shift (:class:`scipy.stats.qmc.Sobol`): as accurate, but its
+    errors need not be normal; on the analytic model its replicate means have excess
+    kurtosis about 0.25 against about 0 for nested (``statistics/rqmc_scrambling.py``).
 
     With ``antithetic=True`` every point ``u`` is followed by its reflection ``1 - u``; since
     the cell centres are symmetric, the partner's noise is exactly ``-z``.
@@ -240,6 +254,8 @@ class SobolRQMC(Design):
         Coordinates the Sobol' points are laid on.
     max_dim : int
         How many leading coordinates get Sobol' points (at most :data:`SOBOL_MAX_DIM`).
+    scramble : {"nested", "lms"}
+        Owen's nested uniform scramble, or linear matrix scrambling plus a digital shift.
     points_per_replicate : int, optional
         Fix 2^m. ``n_evals`` may then be any ``k · 2^m`` (times 2 with ``antithetic``) with
         ``k >= replicates``: a longer run *adds replicates* and leaves the noise of every
@@ -248,6 +264,13 @@ class SobolRQMC(Design):
 
     References
     ----------
+    A. B. Owen, "Randomly permuted (t, m, s)-nets and (t, s)-sequences", in Monte Carlo and
+    Quasi-Monte Carlo Methods in Scientific Computing, Lecture Notes in Statistics 106,
+    299-317 (1995).
+
+    W.-L. Loh, "On the asymptotic distribution of scrambled net quadrature", Annals of
+    Statistics 31(4), 1282-1324 (2003).
+
     A. B. Owen, "Monte Carlo theory, methods and examples", ch. 17 (2013).
     """
 
@@ -257,6 +280,7 @@ class SobolRQMC(Design):
         antithetic: bool = False,
         basis: str = "auto",
         max_dim: int = SOBOL_MAX_DIM,
+        scramble: str = "nested",
         points_per_replicate: int | None = None,
     ):
         if points_per_replicate is not None and (
@@ -277,10 +301,13 @@ class SobolRQMC(Design):
             raise ValueError(f"basis must be 'auto', 'pixel' or 'dct', got {basis!r}")
         if not 1 <= max_dim <= SOBOL_MAX_DIM:
             raise ValueError(f"max_dim must be in [1, {SOBOL_MAX_DIM}], got {max_dim}")
+        if scramble not in ("lms", "nested"):
+            raise ValueError(f"scramble must be 'lms' or 'nested', got {scramble!r}")
         self.replicates = int(replicates)
         self.antithetic = bool(antithetic)
         self.basis = basis
         self.max_dim = int(max_dim)
+        self.scramble = scramble
         self.points = None if points_per_replicate is None else int(points_per_replicate)
         self.name = "amc-rqmc" if antithetic else "rqmc"
         self.unit = 2 if antithetic else 1
@@ -288,7 +315,7 @@ class SobolRQMC(Design):
     def __repr__(self) -> str:
         return (
             f"SobolRQMC(replicates={self.replicates}, antithetic={self.antithetic}, "
-            f"basis={self.basis!r}, max_dim={self.max_dim}"
+            f"basis={self.basis!r}, max_dim={self.max_dim}, scramble={self.scramble!r}"
             + ("" if self.points is None else f", points_per_replicate={self.points}")
             + ")"
         )
@@ -303,7 +330,12 @@ class SobolRQMC(Design):
     def extendable(self, n_evals: int) -> SobolRQMC:
         """This design with 2^m fixed at its value for ``n_evals``: longer runs add replicates."""
         return SobolRQMC(
-            self.replicates, self.antithetic, self.basis, self.max_dim, self.points_per_replicate(n_evals)
+            self.replicates,
+            self.antithetic,
+            self.basis,
+            self.max_dim,
+            scramble=self.scramble,
+            points_per_replicate=self.points_per_replicate(n_evals),
         )
 
     def check_n(self, n_evals: int) -> None:
@@ -349,8 +381,8 @@ class SobolRQMC(Design):
         lead = min(dim, self.max_dim)
         count = f"{self.replicates}" if self.points is None else f"{self.points}-point"
         text = (
-            f"{self.name}: {count} scrambled Sobol' replicates on the leading {lead} "
-            f"of {dim} coordinates in the {self._resolved_basis(dim)} basis"
+            f"{self.name}: {count} {_SCRAMBLE_WORDS[self.scramble]} Sobol' replicates on "
+            f"the leading {lead} of {dim} coordinates in the {self._resolved_basis(dim)} basis"
         )
         if lead < dim:
             kind = "antithetic pseudo-random" if self.antithetic else "pseudo-random"
@@ -373,12 +405,7 @@ class SobolRQMC(Design):
             r, offset = divmod(a, per_replicate)
             b = min(stop, (r + 1) * per_replicate)
             first, last = offset // self.unit, (b - 1 - r * per_replicate) // self.unit
-            engine = qmc.Sobol(d=lead, scramble=True, bits=_SOBOL_BITS, seed=_rng(seed, tag, r, 0))
-            if first:
-                engine.fast_forward(first)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # balance needs 2^m: we use 2^m
-                u = engine.random(last - first + 1) + 2.0 ** -(_SOBOL_BITS + 1)
+            u = self._unit_points(lead, _rng(seed, tag, r, 0), first, last - first + 1)
             z = np.empty((last - first + 1, dim))
             z[:, :lead] = ndtri(u)
             for k in range(first, last + 1):
@@ -391,6 +418,71 @@ class SobolRQMC(Design):
             out[a - start : b - start] = points
             a = b
         return out
+
+    def _unit_points(self, dim: int, rng: np.random.Generator, first: int, count: int) -> np.ndarray:
+        """Points ``first .. first + count - 1`` of one scrambled replicate, centred in their cells.
+
+        Both scrambles keep every replicate a (t, m, s)-net; each point is moved to the centre
+        of its cell of width 2^-30, so ``1 - u`` is again a cell centre.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # balance needs 2^m: we use 2^m
+            engine = qmc.Sobol(d=dim, scramble=self.scramble == "lms", bits=_SOBOL_BITS, seed=rng)
+            if first:
+                engine.fast_forward(first)
+            if self.scramble == "lms":
+                u = engine.random(count)
+            else:
+                key = int(rng.integers(0, 2**64, dtype=np.uint64))
+                ints = (engine.random(count) * 2.0**_SOBOL_BITS).astype(np.uint64)
+                u = _nested_scramble(ints, key) * 2.0**-_SOBOL_BITS
+        return u + 2.0 ** -(_SOBOL_BITS + 1)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser: a bijection of uint64 that mixes every input bit into all outputs."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _nested_scramble(points: np.ndarray, key: int) -> np.ndarray:
+    r"""Owen's nested uniform scramble of ``bits``-bit integer points, one keyed hash per node.
+
+    Write coordinate ``j`` of a point as ``x = sum_k a_k 2^(b-k)`` with ``b = _SOBOL_BITS``
+    bits ``a_1 .. a_b`` (most significant first). The scrambled point has bits
+
+    .. math:: a'_k = a_k \oplus \pi_{j,k}(a_1, \dots, a_{k-1}),
+
+    where every node ``(j, k, a_1 .. a_{k-1})`` of the binary tree gets its own random bit
+    ``pi``: the top bit of ``splitmix64(splitmix64((j, k, prefix)) ^ key)``. Distinct nodes
+    hash distinct 64-bit words, so for a uniform random ``key`` the bits behave as the
+    independent fair coins of nested uniform scrambling, truncated at ``b`` bits (the
+    randomisation below ``2^-b`` is the cell centring of the caller).
+
+    Parameters
+    ----------
+    points : array (n, d) of uint64
+        Unscrambled points, each coordinate an integer in ``[0, 2^b)``.
+    key : int
+        Random 64-bit key of the replicate.
+
+    Returns
+    -------
+    array (n, d) of uint64
+        The scrambled integers.
+    """
+    bits = np.uint64(_SOBOL_BITS)
+    column = np.arange(points.shape[1], dtype=np.uint64) << np.uint64(_SOBOL_BITS + 5)
+    key64 = np.uint64(key)
+    flips = np.zeros_like(points)
+    for k in range(1, _SOBOL_BITS + 1):
+        level = np.uint64(k)
+        prefix = points >> (bits - level + np.uint64(1))
+        node = prefix | (level << bits) | column
+        coin = _mix64(_mix64(node) ^ key64) >> np.uint64(63)
+        flips |= coin << (bits - level)
+    return points ^ flips
 
 
 def _frequency_order(shape: tuple[int, ...]) -> np.ndarray:

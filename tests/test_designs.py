@@ -14,6 +14,7 @@ DESIGNS = [
     SobolRQMC(replicates=4, antithetic=True),
     SobolRQMC(replicates=4, max_dim=5),  # DCT basis with pseudo-random padding
     SobolRQMC(replicates=4, antithetic=True, max_dim=5),
+    SobolRQMC(replicates=4, antithetic=True, scramble="lms"),
 ]
 IDS = [repr(d) for d in DESIGNS]
 
@@ -79,6 +80,24 @@ def test_each_rqmc_replicate_is_stratified_like_a_sobol_net(antithetic):
             assert sorted(np.floor(block[:, k] * points).astype(int)) == list(range(points))
 
 
+def test_nested_scramble_gives_nets_uniform_in_every_coordinate():
+    """Nested scrambling: each replicate is a (0, m, 1)-net per coordinate, and across seeds
+    a coordinate of a fixed point is uniform on [0, 1) (Kolmogorov-Smirnov)."""
+    design = SobolRQMC(replicates=4, scramble="nested")
+    points, dim = 32, 5
+    z = flat(design.draw({"x_T": (dim,)}, 3, 0, 4 * points, 4 * points))
+    u = stats.norm.cdf(z)
+    for r in range(4):
+        for k in range(dim):
+            block = u[r * points : (r + 1) * points, k]
+            assert sorted(np.floor(block * points).astype(int)) == list(range(points))
+    first = np.array([stats.norm.cdf(flat(design.draw({"x_T": (dim,)}, s, 0, 8, 8))[1]) for s in range(400)])
+    for k in range(dim):
+        assert stats.kstest(first[:, k], "uniform").pvalue > 1e-3
+    assert "nested-scrambled" in design.describe({"x_T": (dim,)})
+    assert "LMS" in SobolRQMC(4, scramble="lms").describe({"x_T": (dim,)})
+
+
 def test_dct_basis_gives_the_leading_low_frequency_coordinate_sobol_points():
     """With one Sobol' coordinate in the DCT basis, the image-mean of the noise is stratified."""
     design = SobolRQMC(replicates=2, basis="dct", max_dim=1)
@@ -114,6 +133,7 @@ def test_names_resolve():
         (lambda: SobolRQMC(1), "replicates must be >= 2"),
         (lambda: SobolRQMC(4, basis="wavelet"), "basis must be"),
         (lambda: SobolRQMC(4, max_dim=30000), "max_dim must be in"),
+        (lambda: SobolRQMC(4, scramble="owen"), "scramble must be"),
         (lambda: get_design("qmc"), "unknown design 'qmc'; known: mc, amc, rqmc, amc-rqmc"),
         (lambda: MonteCarlo().draw(SPEC, -1, 0, 2, 4), "seed must be a non-negative integer"),
         (lambda: MonteCarlo().draw(SPEC, 0, 2, 6, 4), r"addresses \[2, 6\) are outside"),
