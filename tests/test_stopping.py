@@ -73,7 +73,7 @@ def test_rqmc_rounds_add_replicates_and_keep_every_earlier_draw(model):
     for design, points in (("rqmc", 16), ("amc-rqmc", 2 * 8)):  # 16 replicates of 2^m points (pairs) at n=256
         groups = grown["draws"]["group"].sel(design=design).values
         assert np.array_equal(groups, np.arange(1024) // points)  # 64 replicates of the same size
-    assert "16-point scrambled Sobol' replicates" in str(grown["summary"]["noise"].sel(design="rqmc").values)
+    assert "16-point nested-scrambled Sobol' replicates" in str(grown["summary"]["noise"].sel(design="rqmc").values)
 
 
 def test_a_relative_target_and_an_unreachable_one(model):
