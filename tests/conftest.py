@@ -3,8 +3,34 @@
 import numpy as np
 import pytest
 import torch
+from diffusers import DDIMScheduler, UNet2DModel
 
-from mcdiff.samplers import GaussianSampler, Sampler
+from mcdiff.samplers import DiffusionSampler, GaussianSampler, Sampler
+
+GRADIENT_MEAN = np.linspace(0.15, 0.85, 16).reshape(1, 4, 4)
+"""A 4x4 mean image from 0.15 to 0.85 that avoids 0.5 (degenerate under probit)."""
+
+
+def probit_gaussian(num_inference_steps: int = 10, **kwargs) -> GaussianSampler:
+    """The non-affine analytic model the statistical tests use (exact truths, no point masses)."""
+    return GaussianSampler(mean=GRADIENT_MEAN, std=0.25, image_shape=(1, 4, 4),
+                           num_inference_steps=num_inference_steps, output="probit", **kwargs)
+
+
+def random_unet_sampler(num_inference_steps: int) -> DiffusionSampler:
+    """A float32 DDIM sampler on a tiny random-weight diffusers UNet (seeded)."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
+    return DiffusionSampler(unet, DDIMScheduler(), num_inference_steps=num_inference_steps)
 
 
 class RecordingSampler(Sampler):
@@ -29,18 +55,10 @@ def recording_sampler():
 
 
 @pytest.fixture(scope="session")
-def gradient_mean():
-    """A 4x4 mean image from 0.15 to 0.85 that avoids 0.5 (degenerate under probit)."""
-    return np.linspace(0.15, 0.85, 16).reshape(1, 4, 4)
+def affine_model():
+    return GaussianSampler(mean=GRADIENT_MEAN, std=0.25, image_shape=(1, 4, 4), num_inference_steps=10)
 
 
 @pytest.fixture(scope="session")
-def affine_model(gradient_mean):
-    return GaussianSampler(mean=gradient_mean, std=0.25, image_shape=(1, 4, 4), num_inference_steps=10)
-
-
-@pytest.fixture(scope="session")
-def probit_model(gradient_mean):
-    return GaussianSampler(
-        mean=gradient_mean, std=0.25, image_shape=(1, 4, 4), num_inference_steps=10, output="probit"
-    )
+def probit_model():
+    return probit_gaussian()

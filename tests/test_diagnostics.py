@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from diffusers import DDIMScheduler, UNet2DModel
+from conftest import random_unet_sampler
 from skimage.metrics import structural_similarity
 
 import mcdiff
@@ -18,19 +18,8 @@ def gaussian_samplers():
 
 
 @pytest.fixture(scope="module")
-def random_unet_sampler():
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
-    return mcdiff.DiffusionSampler(unet, DDIMScheduler(), num_inference_steps=5)
+def random_unet():
+    return random_unet_sampler(5)
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0], ids=["ddim", "ddpm"])
@@ -114,8 +103,8 @@ def test_lpips_missing_file_says_how_to_provide_it(tmp_path):
         diagnostics.load_lpips(tmp_path / "missing.pt2")
 
 
-def test_random_weight_network_is_reported_without_failing(random_unet_sampler, tmp_path):
-    tree = diagnostics.diagnose(random_unet_sampler, n_pairs=2, n_probes=2)
+def test_random_weight_network_is_reported_without_failing(random_unet, tmp_path):
+    tree = diagnostics.diagnose(random_unet, n_pairs=2, n_probes=2)
     assert isinstance(tree, xr.DataTree)
     corr = tree["pairs"]["correlation"].values
     assert np.all(np.isnan(corr) | (np.abs(corr) <= 1 + 1e-9))

@@ -8,8 +8,7 @@ import time
 
 import numpy as np
 import pytest
-import torch
-from diffusers import DDIMScheduler, UNet2DModel
+from conftest import probit_gaussian, random_unet_sampler
 
 import mcdiff
 from mcdiff.executors import DaskExecutor
@@ -24,30 +23,11 @@ BUILDS = []
 def probit_model(**kwargs):
     """A factory for the analytic model that records every build."""
     BUILDS.append(os.getpid())
-    return mcdiff.GaussianSampler(
-        mean=np.linspace(0.15, 0.85, 16).reshape(1, 4, 4),
-        std=0.25,
-        image_shape=(1, 4, 4),
-        num_inference_steps=4,
-        output="probit",
-        **kwargs,
-    )
+    return probit_gaussian(4, **kwargs)
 
 
-def random_unet():
-    """A float32 DDIM sampler on a random-weight diffusers UNet (convolutions, group norm)."""
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
-    return mcdiff.DiffusionSampler(unet, DDIMScheduler(), num_inference_steps=3)
+random_unet = functools.partial(random_unet_sampler, 3)
+
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import probit_gaussian
 
 import mcdiff
 
@@ -24,13 +25,7 @@ REPEATS = 500
 
 @pytest.fixture(scope="module")
 def model():
-    return mcdiff.GaussianSampler(
-        mean=np.linspace(0.15, 0.85, 16).reshape(1, 4, 4),
-        std=0.25,
-        image_shape=(1, 4, 4),
-        num_inference_steps=4,
-        output="probit",
-    )
+    return probit_gaussian(4)
 
 
 def test_rounds_double_until_the_target_is_met(model):
