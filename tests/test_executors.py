@@ -120,7 +120,11 @@ def test_a_sampler_instance_is_refused_by_dask(client):
         mcdiff.estimate(probit_model(), n_evals=64, progress=False, executor=DaskExecutor(client))
 
 
+@pytest.mark.slow
 def test_a_worker_lost_mid_block_is_retried_cleanly(tmp_path):
+    """In-process variant: the worker closes itself from inside its task. Timing-dependent (it
+    races the close against a 1 s sleep) and seen to hang once on a loaded machine, so it runs
+    only with ``-m slow``; the default suite kills real worker processes instead (below)."""
     marker = tmp_path / "died"
 
     def brightness_losing_a_worker(images):
@@ -168,7 +172,6 @@ def _die_in(marker_dir):
     return mcdiff.Statistic("brightness", brightness_killing_its_worker, dims=())
 
 
-@pytest.mark.slow
 def test_worker_processes_killed_mid_block(tmp_path):
     """Real worker processes: one os._exit mid-block is retried; a block that kills every worker errors."""
     import cloudpickle
