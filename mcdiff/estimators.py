@@ -54,6 +54,12 @@ def check_confidence(confidence: float) -> float:
     return float(confidence)
 
 
+def t_interval(estimate: np.ndarray, std_error: np.ndarray, dof, confidence: float) -> dict[str, np.ndarray]:
+    """The two-sided interval ``estimate ± t_{dof, (1+c)/2} · std_error`` and its width."""
+    half = stats.t.ppf(0.5 + confidence / 2, dof) * std_error
+    return {"ci_lower": estimate - half, "ci_upper": estimate + half, "ci_width": 2 * half}
+
+
 def group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Means ``(G, *own_shape)`` of ``values`` ``(N, *own_shape)`` over equally sized groups."""
     labels, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
@@ -93,16 +99,13 @@ def summarize(values: np.ndarray, groups: np.ndarray, confidence: float = 0.95) 
         raise ValueError(f"at least 2 groups are needed for a standard error, got {n_groups}")
     estimate = g.mean(axis=0)
     std_error = g.std(axis=0, ddof=1) / np.sqrt(n_groups)
-    half = stats.t.ppf(0.5 + confidence / 2, n_groups - 1) * std_error
     variance = ((values - values.mean(axis=0)) ** 2).mean(axis=0) + std_error**2
     with np.errstate(divide="ignore", invalid="ignore"):
         efficiency = variance / (n_evals * std_error**2)
     return {
         "estimate": estimate,
         "std_error": std_error,
-        "ci_lower": estimate - half,
-        "ci_upper": estimate + half,
-        "ci_width": 2 * half,
+        **t_interval(estimate, std_error, n_groups - 1, confidence),
         "variance_per_eval": variance,
         "relative_efficiency": efficiency,
         "relative_efficiency_per_nfe": efficiency,
@@ -174,13 +177,10 @@ def combine_levels(
     dof = np.where(variance > 0, dof, np.inf)
     estimate = (weights * estimates).sum(axis=0)
     std_error = np.sqrt(variance)
-    half = stats.t.ppf(0.5 + confidence / 2, dof) * std_error
     return {
         "estimate": estimate,
         "std_error": std_error,
-        "ci_lower": estimate - half,
-        "ci_upper": estimate + half,
-        "ci_width": 2 * half,
+        **t_interval(estimate, std_error, dof, confidence),
         "dof": dof,
     }
 
