@@ -47,7 +47,7 @@ from mcdiff.estimators import (
 )
 from mcdiff.functionals import Statistic, get_statistic
 from mcdiff.results import build_multifidelity_result
-from mcdiff.runner import evaluate_design
+from mcdiff.runner import check_batch_size, check_unique_names, evaluate_design
 from mcdiff.samplers.base import Sampler
 
 METHODS = ("mlmc", "cv")
@@ -251,14 +251,11 @@ def estimate_multifidelity(
     if (budget_nfe is None) == (n_evals is None):
         raise ValueError("give exactly one of budget_nfe (allocated from a pilot) and n_evals (per level)")
     stats = [get_statistic(s) for s in statistics]
-    names = [s.name for s in stats]
-    if not names or len(set(names)) != len(names):
-        raise ValueError(f"statistic names must be unique and at least one, got {names}")
+    check_unique_names("statistic", [s.name for s in stats])
     n_levels = len(steps)
     combos = _resolve_combinations(designs, n_levels)
     labels = [f"{method}+{label}" for label, _ in combos]
-    if not labels or len(set(labels)) != len(labels):
-        raise ValueError(f"design combinations must be unique and at least one, got {labels}")
+    check_unique_names("design combination", labels)
     costs = np.array([steps[0]] + [a + b for a, b in pairwise(steps)], dtype=float)
     if budget_nfe is not None:
         pilot_levels = tuple(range(n_levels))
@@ -266,8 +263,7 @@ def estimate_multifidelity(
         pilot_levels = (1,) if method == "cv" else ()
     for label, level_designs in combos:
         for level, design in enumerate(level_designs):
-            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < design.unit:
-                raise ValueError(f"batch_size={batch_size!r} cannot hold a pair of design {design.name!r}")
+            check_batch_size(batch_size, design)
             if n_evals is not None:
                 if len(n_evals) != n_levels:
                     raise ValueError(f"n_evals needs one count per level ({n_levels}), got {list(n_evals)}")

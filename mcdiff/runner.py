@@ -37,6 +37,23 @@ from mcdiff.samplers.base import Sampler
 from mcdiff.store import ResultStore
 
 
+def check_unique_names(label: str, names: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``names`` (of statistics, designs, ...) are unique and not empty."""
+    if not names:
+        raise ValueError(f"at least one {label} is needed")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{label} names must be unique, got {list(names)}")
+
+
+def check_batch_size(batch_size: int, design: Design) -> None:
+    """Raise ``ValueError`` unless a batch of ``batch_size`` holds a whole group unit (a pair)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < design.unit:
+        raise ValueError(
+            f"batch_size={batch_size!r} cannot hold a pair of design {design.name!r}: "
+            f"use an integer >= {design.unit}"
+        )
+
+
 def _check_images(images: torch.Tensor, count: int, sampler: Sampler) -> None:
     expected = (count, *sampler.image_shape)
     if not torch.is_tensor(images) or tuple(images.shape) != expected:
@@ -179,18 +196,11 @@ def estimate(
     confidence = check_confidence(confidence)
     stats = [get_statistic(s) for s in statistics]
     resolved = [get_design(d) for d in designs]
-    for label, names in (("statistic", [s.name for s in stats]), ("design", [d.name for d in resolved])):
-        if not names:
-            raise ValueError(f"at least one {label} is needed")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{label} names must be unique, got {names}")
+    check_unique_names("statistic", [s.name for s in stats])
+    check_unique_names("design", [d.name for d in resolved])
     for design in resolved:
         design.check_n(n_evals)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < design.unit:
-            raise ValueError(
-                f"batch_size={batch_size!r} cannot hold a pair of design {design.name!r}: "
-                f"use an integer >= {design.unit}"
-            )
+        check_batch_size(batch_size, design)
     if block_size is not None and (
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
     ):

@@ -248,7 +248,7 @@ class _NoSteps(Sampler):
         ({"method": "cv"}, "give 2 fidelities"),
         ({"method": "mc"}, "method must be one of"),
         ({"designs": [("mc", "amc")]}, "has 2 entries for 3 levels"),
-        ({"designs": ["mc", "mc"]}, "design combinations must be unique"),
+        ({"designs": ["mc", "mc"]}, "design combination names must be unique"),
     ],
 )
 def test_bad_input_is_refused(probit_model, kwargs, match):
