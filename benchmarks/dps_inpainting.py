@@ -38,7 +38,9 @@ MASKS = {"box": 0.25, "random": 0.5}
 def missing_brightness(mask: np.ndarray) -> mcdiff.Statistic:
     """Mean intensity of the missing pixels (mask 0) of a grayscale image."""
     missing = torch.as_tensor(mask[0] == 0)
-    return mcdiff.Statistic("missing_brightness", lambda images: images[:, 0][:, missing].mean(dim=1), dims=())
+    return mcdiff.Statistic(
+        "missing_brightness", lambda images: images[:, 0][:, missing].mean(dim=1), dims=()
+    )
 
 
 def seconds_per_sample(sampler, n: int, batch_size: int) -> float:
@@ -59,20 +61,34 @@ def run(args) -> tuple[list[str], dict]:
     header = ("mask", "statistic", "design", "estimate", "mean CI width", "NFE", "rel. eff.")
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for kind, fraction in MASKS.items():
-        problem = mcdiff.InpaintingProblem(truth, make_mask(kind, tuple(truth.shape), fraction), sigma_y=args.sigma_y)
+        problem = mcdiff.InpaintingProblem(
+            truth, make_mask(kind, tuple(truth.shape), fraction), sigma_y=args.sigma_y
+        )
         sampler = problem.dps(base, args.zeta)
         stats = [problem.error, missing_brightness(problem.operator.mask)]
         runs = []
         for seed in range(args.repeats):
-            result = mcdiff.estimate(sampler, stats, DESIGNS, n_evals=args.n_evals, seed=seed,
-                                     batch_size=args.batch_size, progress=False)
+            result = mcdiff.estimate(
+                sampler,
+                stats,
+                DESIGNS,
+                n_evals=args.n_evals,
+                seed=seed,
+                batch_size=args.batch_size,
+                progress=False,
+            )
             runs.append(result["summary"].to_dataset())
-        components = [("inpainting_error", {"metric": "mse"}, "MSE"), ("inpainting_error", {"metric": "psnr"}, "PSNR"),
-                      ("missing_brightness", {}, "missing brightness")]
+        components = [
+            ("inpainting_error", {"metric": "mse"}, "MSE"),
+            ("inpainting_error", {"metric": "psnr"}, "PSNR"),
+            ("missing_brightness", {}, "missing brightness"),
+        ]
         for name, sel, label in components:
             cells = [s[name].sel(**sel) for s in runs]
             sigma2 = np.mean([float(c.sel(design="mc", summary="variance_per_eval")) for c in cells])
-            se2 = {d: np.mean([float(c.sel(design=d, summary="std_error")) ** 2 for c in cells]) for d in DESIGNS}
+            se2 = {
+                d: np.mean([float(c.sel(design=d, summary="std_error")) ** 2 for c in cells]) for d in DESIGNS
+            }
             for design in DESIGNS:
                 estimate = np.mean([float(c.sel(design=design, summary="estimate")) for c in cells])
                 width = np.mean([float(c.sel(design=design, summary="ci_width")) for c in cells])
@@ -104,20 +120,28 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     lines, timing = run(args)
     command = "python " + " ".join(shlex.quote(a) for a in ["benchmarks/dps_inpainting.py", *sys.argv[1:]])
-    text = "\n".join([
-        "# DPS inpainting on the bundled digits model: MC vs antithetic vs RQMC", "", f"`{command}`", "",
-        (
-            f"Digit {args.digit} of `load_digits`; box mask (centre, 25% missing) and random mask (50% missing); "
-            f"sigma_y = {args.sigma_y} on the [-1, 1] scale; DPS on DDPM with {args.steps} steps, zeta = {args.zeta}; "
-            f"{args.n_evals} evaluations per design and repeat, {args.repeats} repeats (seeds 0..{args.repeats - 1}); "
-            f"{time.perf_counter() - start:.0f} s on {args.threads} thread(s). `estimate` and `mean CI width` are "
-            "averages over the repeats; `rel. eff.` is sigma^2 / (N · mean SE^2) with sigma^2 from MC pooled over "
-            "the repeats (for MC, sigma^2 = N · SE^2, so this is also SE_MC^2 / SE^2 at equal N). NFE counts forward network evaluations "
-            f"({args.steps} per sample); each DPS step also back-propagates through the network: measured "
-            f"{1e3 * timing['dps']:.1f} ms per DPS sample vs {1e3 * timing['plain']:.1f} ms per plain DDPM sample "
-            f"({timing['dps'] / timing['plain']:.1f}x, batch {args.batch_size})."
-        ), "", *lines, "",
-    ])
+    text = "\n".join(
+        [
+            "# DPS inpainting on the bundled digits model: MC vs antithetic vs RQMC",
+            "",
+            f"`{command}`",
+            "",
+            (
+                f"Digit {args.digit} of `load_digits`; box mask (centre, 25% missing) and random mask (50% missing); "
+                f"sigma_y = {args.sigma_y} on the [-1, 1] scale; DPS on DDPM with {args.steps} steps, zeta = {args.zeta}; "
+                f"{args.n_evals} evaluations per design and repeat, {args.repeats} repeats (seeds 0..{args.repeats - 1}); "
+                f"{time.perf_counter() - start:.0f} s on {args.threads} thread(s). `estimate` and `mean CI width` are "
+                "averages over the repeats; `rel. eff.` is sigma^2 / (N · mean SE^2) with sigma^2 from MC pooled over "
+                "the repeats (for MC, sigma^2 = N · SE^2, so this is also SE_MC^2 / SE^2 at equal N). NFE counts forward network evaluations "
+                f"({args.steps} per sample); each DPS step also back-propagates through the network: measured "
+                f"{1e3 * timing['dps']:.1f} ms per DPS sample vs {1e3 * timing['plain']:.1f} ms per plain DDPM sample "
+                f"({timing['dps'] / timing['plain']:.1f}x, batch {args.batch_size})."
+            ),
+            "",
+            *lines,
+            "",
+        ]
+    )
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "dps_inpainting.md").write_text(text)
     print(text)

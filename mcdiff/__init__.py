@@ -24,8 +24,8 @@ from mcdiff.multifidelity import estimate_multifidelity
 from mcdiff.results import format_levels, format_table, load_result, save_result, to_arviz, variance_map
 from mcdiff.runner import estimate
 from mcdiff.samplers import (
-    DPSSampler,
     DiffusionSampler,
+    DPSSampler,
     FunctionSampler,
     GaussianSampler,
     PipelineSampler,

@@ -35,15 +35,17 @@ def _add_estimate(sub) -> None:
     p.add_argument("--ddpm", action="store_true", help="ancestral DDPM sampling instead of DDIM")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0: deterministic)")
     inverse = p.add_argument_group(
-        "inverse problem", "inpaint a digit from scikit-learn's load_digits with diffusion posterior sampling "
-        "(DPS); adds the statistic inpainting_error (MSE and PSNR on the missing pixels)",
+        "inverse problem",
+        "inpaint a digit from scikit-learn's load_digits with diffusion posterior sampling (DPS); "
+        "adds the statistic inpainting_error (MSE and PSNR on the missing pixels)",
     )
     inverse.add_argument("--inpaint", choices=list(MASKS), help="mask: a centred box or random missing pixels")
-    inverse.add_argument("--mask-fraction", type=float, default=0.25, help="fraction of pixels missing (default 0.25)")
+    inverse.add_argument("--mask-fraction", type=float, default=0.25,
+                         help="fraction of pixels missing (default 0.25)")
     inverse.add_argument("--sigma-y", type=float, default=0.05,
                          help="measurement noise on the [-1, 1] scale (default 0.05)")
     inverse.add_argument("--zeta", type=float, default=1.0,
-                         help="DPS step size (default 1.0, for tens of steps; Chung et al. use 0.5 at 1000 steps)")
+                         help="DPS step size (default 1.0, for tens of steps; 0.5 in the paper at 1000)")
     inverse.add_argument("--ground-truth-index", type=int, default=0, help="index of the digit (default 0)")
     inverse.add_argument("--measurement-seed", type=int, default=0,
                          help="seed of the measurement noise and the random mask (default 0)")
@@ -68,7 +70,9 @@ def _inpainting_problem(args) -> InpaintingProblem:
 
     images = digits()
     if not 0 <= args.ground_truth_index < len(images):
-        raise ValueError(f"--ground-truth-index must be in [0, {len(images) - 1}], got {args.ground_truth_index}")
+        raise ValueError(
+            f"--ground-truth-index must be in [0, {len(images) - 1}], got {args.ground_truth_index}"
+        )
     truth = (images[args.ground_truth_index] + 1) / 2
     mask = make_mask(args.inpaint, tuple(truth.shape), args.mask_fraction, args.measurement_seed)
     return InpaintingProblem(truth, mask, sigma_y=args.sigma_y, seed=args.measurement_seed)

@@ -117,7 +117,9 @@ VARIANCE_FIELDS = ("estimate", "std_error", "ci_lower", "ci_upper", "ci_width")
 """Fields of :func:`variance_interval`."""
 
 
-def variance_interval(values: np.ndarray, groups: np.ndarray, confidence: float = 0.95) -> dict[str, np.ndarray]:
+def variance_interval(
+    values: np.ndarray, groups: np.ndarray, confidence: float = 0.95
+) -> dict[str, np.ndarray]:
     """The per-evaluation variance ``sigma^2 = Var f(z)`` with a delta-method t-interval.
 
     The estimate is :func:`summarize`'s ``variance_per_eval``. It is a smooth function of the

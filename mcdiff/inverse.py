@@ -41,7 +41,11 @@ def _check_image_shape(image_shape) -> tuple[int, int, int]:
 
 
 def _check_fraction(fraction: float) -> float:
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not 0 < fraction < 1:
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float, np.floating))
+        or not 0 < fraction < 1
+    ):
         raise ValueError(f"the missing fraction must be in (0, 1), got {fraction!r}")
     return float(fraction)
 
@@ -96,7 +100,9 @@ def check_mask(mask, image_shape: tuple[int, int, int] | None = None) -> np.ndar
     if not np.isin(mask, (0.0, 1.0)).all():
         raise ValueError("a mask must hold only 0 (missing) and 1 (observed)")
     if not mask.any():
-        raise ValueError("the mask is all zero: nothing is observed, so there is no measurement to condition on")
+        raise ValueError(
+            "the mask is all zero: nothing is observed, so there is no measurement to condition on"
+        )
     if mask.all():
         raise ValueError("the mask is all one: no pixel is missing, so there is nothing to inpaint")
     if image_shape is not None:
@@ -166,8 +172,10 @@ def make_measurement(
     """
     truth = check_ground_truth(ground_truth)
     operator.check_shape(truth.shape)
-    if isinstance(sigma_y, bool) or not isinstance(sigma_y, (int, float, np.floating)) or not (
-        0 <= sigma_y < math.inf
+    if (
+        isinstance(sigma_y, bool)
+        or not isinstance(sigma_y, (int, float, np.floating))
+        or not (0 <= sigma_y < math.inf)
     ):
         raise ValueError(f"sigma_y must be a finite number >= 0, got {sigma_y!r}")
     noise = np.random.default_rng(seed).standard_normal(truth.shape)
@@ -177,7 +185,9 @@ def make_measurement(
 
 def check_ground_truth(ground_truth) -> np.ndarray:
     """The ground truth as a float64 ``(C, H, W)`` array in [0, 1], or a ``ValueError``."""
-    truth = np.asarray(ground_truth.detach().cpu() if torch.is_tensor(ground_truth) else ground_truth, dtype=np.float64)
+    truth = np.asarray(
+        ground_truth.detach().cpu() if torch.is_tensor(ground_truth) else ground_truth, dtype=np.float64
+    )
     if truth.ndim != 3:
         raise ValueError(f"the ground truth must be one image (C, H, W), got shape {truth.shape}")
     if not (np.isfinite(truth).all() and truth.min() >= 0 and truth.max() <= 1):

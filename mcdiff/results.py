@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from mcdiff.estimators import SUMMARY_FIELDS, VARIANCE_FIELDS, relative_efficiency_vs_mc, summarize, variance_interval
+from mcdiff.estimators import (
+    SUMMARY_FIELDS,
+    VARIANCE_FIELDS,
+    relative_efficiency_vs_mc,
+    summarize,
+    variance_interval,
+)
 
 LEVEL_FIELDS = (
     "mean",
@@ -104,12 +110,15 @@ def variance_map(result: xr.DataTree, statistic: str = "pixel_mean") -> xr.DataA
     confidence = float(result["summary"].attrs["confidence"])
     rows = []
     for design in draws["design"].values:
-        fields = variance_interval(var.sel(design=design).values, draws["group"].sel(design=design).values, confidence)
+        groups = draws["group"].sel(design=design).values
+        fields = variance_interval(var.sel(design=design).values, groups, confidence)
         rows.append(np.stack([fields[f] for f in VARIANCE_FIELDS]))
     own_dims = var.dims[2:]
     coords = {"design": draws["design"].values, "summary": list(VARIANCE_FIELDS)}
     coords.update({d: var[d].values for d in own_dims if d in var.coords})
-    out = xr.DataArray(np.stack(rows), dims=("design", "summary", *own_dims), coords=coords, name=f"{statistic}_variance")
+    out = xr.DataArray(
+        np.stack(rows), dims=("design", "summary", *own_dims), coords=coords, name=f"{statistic}_variance"
+    )
     out.attrs["confidence"] = confidence
     return out
 

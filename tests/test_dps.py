@@ -24,7 +24,9 @@ def _noise(sampler, design, n, seed=0):
 
 
 def _ddpm_unet(steps=4):
-    return mcdiff.DiffusionSampler(random_unet_sampler(steps).unet, DDPMScheduler(), num_inference_steps=steps)
+    return mcdiff.DiffusionSampler(
+        random_unet_sampler(steps).unet, DDPMScheduler(), num_inference_steps=steps
+    )
 
 
 # ---- masks, operator, measurement ---------------------------------------------------------
@@ -149,8 +151,9 @@ def test_antithetic_partners_negate_the_whole_path():
     """A centred analytic model (mean 0.5, so mu = 0) measured at its mean (y = 0): every DPS
     step is then an odd map of (x_t, n_t), so partners that negate x_T *and* every n_t give
     images ``1 - G(z)``, to floating-point exactness, while negating x_T alone does not."""
-    base = mcdiff.GaussianSampler(mean=0.5, std=0.2, image_shape=(1, 4, 4), num_inference_steps=8,
-                                  scheduler="DDPMScheduler")
+    base = mcdiff.GaussianSampler(
+        mean=0.5, std=0.2, image_shape=(1, 4, 4), num_inference_steps=8, scheduler="DDPMScheduler"
+    )
     mask = mcdiff.random_mask((1, 4, 4), 0.5, seed=0)
     problem = mcdiff.InpaintingProblem(np.full((1, 4, 4), 0.5), mask, sigma_y=0.0)
     dps = problem.dps(base, zeta=0.3)
@@ -169,8 +172,13 @@ def test_antithetic_partners_negate_the_whole_path():
 def test_dps_leaves_pixels_the_measurement_does_not_see_unchanged():
     """With a diagonal Gaussian prior, x0_hat is pixel-wise, so the gradient is exactly 0 off
     the mask: the missing pixels are those of the unconditional sampler on the same noise."""
-    base = mcdiff.GaussianSampler(mean=np.linspace(0.3, 0.7, 16).reshape(1, 4, 4), std=0.2,
-                                  image_shape=(1, 4, 4), num_inference_steps=10, scheduler="DDPMScheduler")
+    base = mcdiff.GaussianSampler(
+        mean=np.linspace(0.3, 0.7, 16).reshape(1, 4, 4),
+        std=0.2,
+        image_shape=(1, 4, 4),
+        num_inference_steps=10,
+        scheduler="DDPMScheduler",
+    )
     mask = mcdiff.random_mask((1, 4, 4), 0.5, seed=0)
     dps = mcdiff.InpaintingProblem(np.full((1, 4, 4), 0.9), mask).dps(base, zeta=0.5)
     noise = _noise(dps, MonteCarlo(), 16)
@@ -193,8 +201,9 @@ def test_posterior_mean_matches_the_exact_gaussian_posterior_on_observed_pixels(
     (the gradient vanishes there, see the test above).
     """
     mean = np.linspace(0.3, 0.7, 16).reshape(1, 4, 4)
-    base = mcdiff.GaussianSampler(mean=mean, std=0.2, image_shape=(1, 4, 4), num_inference_steps=200,
-                                  scheduler="DDPMScheduler")
+    base = mcdiff.GaussianSampler(
+        mean=mean, std=0.2, image_shape=(1, 4, 4), num_inference_steps=200, scheduler="DDPMScheduler"
+    )
     truth = np.clip(mean + 0.3 * np.sign(np.random.default_rng(1).standard_normal((1, 4, 4))), 0, 1)
     mask = mcdiff.random_mask((1, 4, 4), 0.5, seed=0)
     problem = mcdiff.InpaintingProblem(truth, mask, sigma_y=0.05, seed=0)
@@ -218,9 +227,12 @@ def test_bad_dps_input_is_refused():
     for zeta in (float("nan"), float("inf"), -0.1, True, "1"):
         with pytest.raises(ValueError, match="zeta"):
             mcdiff.DPSSampler.from_sampler(base, operator, y, zeta)
-    with pytest.raises(ValueError, match=r"mask of shape \(1, 4, 4\) does not match images of shape \(1, 8, 8\)"):
-        mcdiff.DPSSampler.from_sampler(base, mcdiff.InpaintingOperator(mcdiff.box_mask((1, 4, 4), 0.25)),
-                                       torch.zeros(1, 4, 4), 0.5)
+    with pytest.raises(
+        ValueError, match=r"mask of shape \(1, 4, 4\) does not match images of shape \(1, 8, 8\)"
+    ):
+        mcdiff.DPSSampler.from_sampler(
+            base, mcdiff.InpaintingOperator(mcdiff.box_mask((1, 4, 4), 0.25)), torch.zeros(1, 4, 4), 0.5
+        )
     with pytest.raises(ValueError, match=r"measurement of shape \(1, 4, 4\) does not match"):
         mcdiff.DPSSampler.from_sampler(base, operator, torch.zeros(1, 4, 4), 0.5)
     with pytest.raises(ValueError, match="finite"):
@@ -234,14 +246,16 @@ def test_bad_dps_input_is_refused():
 def test_estimate_runs_dps_and_records_the_problem():
     problem = mcdiff.InpaintingProblem(np.full((1, 8, 8), 0.25), mcdiff.random_mask((1, 8, 8), 0.5))
     dps = problem.dps(random_unet_sampler(2), zeta=0.5)
-    result = mcdiff.estimate(dps, [problem.error, "pixel_mean"], ["mc", "amc"], n_evals=8, batch_size=4,
-                             progress=False)
+    result = mcdiff.estimate(
+        dps, [problem.error, "pixel_mean"], ["mc", "amc"], n_evals=8, batch_size=4, progress=False
+    )
     summary = result["summary"]
     assert summary.attrs["zeta"] == 0.5 and summary.attrs["operator"] == "inpainting"
     other = mcdiff.InpaintingProblem(np.full((1, 8, 8), 0.75), problem.operator.mask)
-    assert other.dps(random_unet_sampler(2), 0.5).describe()["measurement_sha256"] != summary.attrs[
-        "measurement_sha256"
-    ]
+    assert (
+        other.dps(random_unet_sampler(2), 0.5).describe()["measurement_sha256"]
+        != summary.attrs["measurement_sha256"]
+    )
     with pytest.raises(ValueError, match="got DPSSampler"):  # DPS of DPS is refused
         other.dps(dps, 0.5)
     assert list(summary["inpainting_error"]["metric"].values) == ["mse", "psnr"]
@@ -256,9 +270,29 @@ def test_estimate_runs_dps_and_records_the_problem():
 
 def test_cli_estimate_inpaints_a_digit(tmp_path, capsys):
     out = tmp_path / "r.nc"
-    code = main(["estimate", "--model", "gaussian", "--steps", "4", "--ddpm", "--inpaint", "random",
-                 "--mask-fraction", "0.5", "--ground-truth-index", "3", "-n", "16", "--designs", "mc", "amc",
-                 "-o", str(out)])
+    code = main(
+        [
+            "estimate",
+            "--model",
+            "gaussian",
+            "--steps",
+            "4",
+            "--ddpm",
+            "--inpaint",
+            "random",
+            "--mask-fraction",
+            "0.5",
+            "--ground-truth-index",
+            "3",
+            "-n",
+            "16",
+            "--designs",
+            "mc",
+            "amc",
+            "-o",
+            str(out),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0 and "inpainting_error[psnr]" in printed and "pixel_mean" in printed
     attrs = mcdiff.load_result(out)["summary"].attrs

@@ -379,7 +379,8 @@ class DiffusionSampler(Sampler):
         The copy shares ``unet``; its ``nfe`` is ``num_inference_steps``. Subclasses whose
         constructor takes other arguments override this.
         """
-        return type(self)(self.unet, self.scheduler, **{**self.settings(), "num_inference_steps": num_inference_steps})
+        settings = {**self.settings(), "num_inference_steps": num_inference_steps}
+        return type(self)(self.unet, self.scheduler, **settings)
 
     def settings(self) -> dict:
         """The keyword arguments that rebuild this sampler around the same ``unet`` and ``scheduler``."""

@@ -91,7 +91,11 @@ class DPSSampler(DiffusionSampler):
 
     @classmethod
     def from_sampler(
-        cls, sampler: DiffusionSampler, operator: Callable[[torch.Tensor], torch.Tensor], measurement, zeta: float
+        cls,
+        sampler: DiffusionSampler,
+        operator: Callable[[torch.Tensor], torch.Tensor],
+        measurement,
+        zeta: float,
     ) -> DPSSampler:
         """DPS on the network, scheduler and settings of ``sampler`` (which is left unchanged).
 
