@@ -222,9 +222,9 @@ class InpaintingProblem:
     >>> import mcdiff
     >>> truth = (mcdiff.digits()[0] + 1) / 2
     >>> problem = mcdiff.InpaintingProblem(truth, mcdiff.box_mask((1, 8, 8), 0.25), sigma_y=0.05)
-    >>> sampler = problem.dps(mcdiff.bundled_model("digits", 10, scheduler="DDPMScheduler"), zeta=0.5)
+    >>> sampler = problem.dps(mcdiff.bundled_model("digits", 10, scheduler="DDPMScheduler"), zeta=1.0)
     >>> result = mcdiff.estimate(sampler, [problem.error], ["mc", "amc"], n_evals=8, progress=False)
-    >>> list(result["summary"]["inpainting_error"]["metric"].values)
+    >>> result["summary"]["inpainting_error"]["metric"].values.tolist()
     ['mse', 'psnr']
     """
 
