@@ -106,13 +106,17 @@ def check_mask(mask, image_shape: tuple[int, int, int] | None = None) -> np.ndar
     if mask.all():
         raise ValueError("the mask is all one: no pixel is missing, so there is nothing to inpaint")
     if image_shape is not None:
-        channels, height, width = _check_image_shape(image_shape)
-        if mask.shape[1:] != (height, width) or mask.shape[0] not in (1, channels):
-            raise ValueError(
-                f"mask of shape {mask.shape} does not match images of shape {(channels, height, width)}: "
-                f"use (1, {height}, {width}) or ({channels}, {height}, {width})"
-            )
+        _check_fit(mask.shape, image_shape)
     return mask
+
+
+def _check_fit(mask_shape: tuple[int, ...], image_shape) -> None:
+    channels, height, width = _check_image_shape(image_shape)
+    if mask_shape[1:] != (height, width) or mask_shape[0] not in (1, channels):
+        raise ValueError(
+            f"mask of shape {mask_shape} does not match images of shape {(channels, height, width)}: "
+            f"use (1, {height}, {width}) or ({channels}, {height}, {width})"
+        )
 
 
 class InpaintingOperator:
@@ -134,7 +138,7 @@ class InpaintingOperator:
 
     def check_shape(self, image_shape: tuple[int, int, int]) -> None:
         """Raise ``ValueError`` unless the mask fits images of ``image_shape`` ``(C, H, W)``."""
-        check_mask(self.mask, image_shape)
+        _check_fit(self.mask.shape, image_shape)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``mask ⊙ x`` ``(B, C, H, W)``."""
@@ -237,6 +241,6 @@ class InpaintingProblem:
         self.measurement = make_measurement(self.operator, self.ground_truth, sigma_y, seed)
         self.error: Statistic = inpainting_error(self.ground_truth, self.operator.mask)
 
-    def dps(self, sampler: DiffusionSampler, zeta: float = 0.5) -> DPSSampler:
+    def dps(self, sampler: DiffusionSampler, zeta: float) -> DPSSampler:
         """The model ``sampler`` conditioned on this measurement by DPS with step size ``zeta``."""
         return DPSSampler.from_sampler(sampler, self.operator, self.measurement, zeta)

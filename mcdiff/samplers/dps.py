@@ -30,6 +30,10 @@ class DPSSampler(DiffusionSampler):
         x'_prev = the DDPM or DDIM step from x_t with the design's step noise n_t
         x_prev  = x'_prev - zeta * grad_{x_t} || y - A(x0_hat(x_t)) ||_2
 
+    ``x0_hat`` is :func:`~mcdiff.samplers.diffusion.predicted_original_sample` (the formula
+    above for an ``epsilon`` network), never clipped: the guidance sees the network's own
+    estimate even where the scheduler's step clips it (``clip_sample``).
+
     The norm is *not* squared, as in the authors' code: its gradient is that of the squared
     norm scaled by ``1 / (2 ||y - A(x0_hat)||)``, so ``zeta`` sets the length of the correction
     in measurement space independently of how far the sample is from the data. The gradient
@@ -137,6 +141,7 @@ class DPSSampler(DiffusionSampler):
         )
 
     def describe(self) -> dict[str, str | int | float]:
+        """The base settings plus ``zeta``, the operator's settings and a digest of ``y``."""
         describe_operator = getattr(self.operator, "describe", None)
         digest = hashlib.sha256(self.measurement.detach().cpu().double().numpy().tobytes()).hexdigest()[:16]
         return {
