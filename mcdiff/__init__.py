@@ -9,13 +9,23 @@ from mcdiff.data import digits, extreme_brightness, load_dataset
 from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
 from mcdiff.diagnostics import antisymmetry, diagnose, pair_correlation, trajectory_correlation
 from mcdiff.executors import DaskExecutor, LocalExecutor
-from mcdiff.functionals import Statistic, brightness, centroid, contrast, get_statistic, pixel_mean
+from mcdiff.functionals import (
+    Statistic,
+    brightness,
+    centroid,
+    contrast,
+    get_statistic,
+    inpainting_error,
+    pixel_mean,
+)
+from mcdiff.inverse import InpaintingOperator, InpaintingProblem, box_mask, make_measurement, random_mask
 from mcdiff.models import bundled_model, load_model
 from mcdiff.multifidelity import estimate_multifidelity
-from mcdiff.results import format_levels, format_table, load_result, save_result, to_arviz
+from mcdiff.results import format_levels, format_table, load_result, save_result, to_arviz, variance_map
 from mcdiff.runner import estimate
 from mcdiff.samplers import (
     DiffusionSampler,
+    DPSSampler,
     FunctionSampler,
     GaussianSampler,
     PipelineSampler,
@@ -27,11 +37,14 @@ from mcdiff.training import train
 
 __all__ = [
     "Antithetic",
+    "DPSSampler",
     "DaskExecutor",
     "Design",
     "DiffusionSampler",
     "FunctionSampler",
     "GaussianSampler",
+    "InpaintingOperator",
+    "InpaintingProblem",
     "LocalExecutor",
     "MonteCarlo",
     "PipelineSampler",
@@ -41,6 +54,7 @@ __all__ = [
     "SobolRQMC",
     "Statistic",
     "antisymmetry",
+    "box_mask",
     "brightness",
     "bundled_model",
     "centroid",
@@ -54,13 +68,17 @@ __all__ = [
     "format_table",
     "get_design",
     "get_statistic",
+    "inpainting_error",
     "load_dataset",
     "load_model",
     "load_result",
+    "make_measurement",
     "pair_correlation",
     "pixel_mean",
+    "random_mask",
     "save_result",
     "to_arviz",
     "trajectory_correlation",
     "train",
+    "variance_map",
 ]

@@ -11,10 +11,12 @@ from mcdiff.designs import DESIGN_NAMES
 from mcdiff.diagnostics import diagnose, format_report, load_lpips, save_figures
 from mcdiff.executors import DaskExecutor
 from mcdiff.functionals import BUILTIN
+from mcdiff.inverse import MASKS, InpaintingProblem, make_mask
 from mcdiff.models import BUNDLED, load_model
 from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity
 from mcdiff.results import format_levels, format_table, save_result
 from mcdiff.runner import estimate
+from mcdiff.samplers.dps import check_zeta
 
 MODELS = ("gaussian", *BUNDLED)
 MODEL_HELP = f"{', '.join(MODELS)}, or a diffusers model directory"
@@ -25,10 +27,28 @@ def _add_estimate(sub) -> None:
     p.add_argument("--model", default="gaussian", help=f"model to sample: {MODEL_HELP}")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument(
-        "--statistics", nargs="+", default=["brightness", "contrast", "centroid"], choices=list(BUILTIN)
+        "--statistics", nargs="+", choices=list(BUILTIN),
+        help="default: brightness contrast centroid; with --inpaint, pixel_mean (the posterior mean map)",
     )
     p.add_argument("--designs", nargs="+", default=["mc", "amc", "rqmc"], choices=list(DESIGN_NAMES))
     p.add_argument("-n", "--n-evals", type=int, default=1024, help="evaluations per design")
+    p.add_argument("--ddpm", action="store_true", help="ancestral DDPM sampling instead of DDIM")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0: deterministic)")
+    inverse = p.add_argument_group(
+        "inverse problem",
+        "inpaint a digit from scikit-learn's load_digits with diffusion posterior sampling (DPS); "
+        "adds the statistic inpainting_error (MSE and PSNR on the missing pixels)",
+    )
+    inverse.add_argument("--inpaint", choices=list(MASKS), help="mask: a centred box or random missing pixels")
+    inverse.add_argument("--mask-fraction", type=float, default=0.25,
+                         help="fraction of pixels missing (default 0.25)")
+    inverse.add_argument("--sigma-y", type=float, default=0.05,
+                         help="measurement noise on the [-1, 1] scale (default 0.05)")
+    inverse.add_argument("--zeta", type=float, default=1.0,
+                         help="DPS step size (default 1.0, for tens of steps; 0.5 in the paper at 1000)")
+    inverse.add_argument("--ground-truth-index", type=int, default=0, help="index of the digit (default 0)")
+    inverse.add_argument("--measurement-seed", type=int, default=0,
+                         help="seed of the measurement noise and the random mask (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--batch-size", type=int, default=256)
@@ -44,10 +64,38 @@ def _add_estimate(sub) -> None:
     p.set_defaults(run=_run_estimate)
 
 
+def _inpainting_problem(args) -> InpaintingProblem:
+    """The inpainting problem of ``mcdiff estimate --inpaint ...``: a digit, a mask, a measurement."""
+    from mcdiff.data import digits
+
+    images = digits()
+    if not 0 <= args.ground_truth_index < len(images):
+        raise ValueError(
+            f"--ground-truth-index must be in [0, {len(images) - 1}], got {args.ground_truth_index}"
+        )
+    truth = (images[args.ground_truth_index] + 1) / 2
+    mask = make_mask(args.inpaint, tuple(truth.shape), args.mask_fraction, args.measurement_seed)
+    return InpaintingProblem(truth, mask, sigma_y=args.sigma_y, seed=args.measurement_seed)
+
+
+def _estimate_model(model: str, steps: int, scheduler: str, eta: float, problem=None, zeta: float = 0.0):
+    """The sampler of ``mcdiff estimate``, conditioned on ``problem`` by DPS when given."""
+    sampler = load_model(model, steps, scheduler=scheduler, eta=eta)
+    return sampler if problem is None else problem.dps(sampler, zeta)
+
+
 def _run_estimate(args) -> None:
-    model = partial(load_model, args.model, args.steps)  # a factory: Dask workers build the model
+    problem = _inpainting_problem(args) if args.inpaint else None
+    scheduler = "DDPMScheduler" if args.ddpm else "DDIMScheduler"
+    # a factory: Dask workers build the model
+    model = partial(_estimate_model, args.model, args.steps, scheduler, args.eta, problem, args.zeta)
+    if problem is None:
+        statistics = args.statistics or ["brightness", "contrast", "centroid"]
+    else:
+        check_zeta(args.zeta)
+        statistics = [problem.error, *(args.statistics or ["pixel_mean"])]
     options = dict(
-        statistics=args.statistics,
+        statistics=statistics,
         designs=args.designs,
         n_evals=args.n_evals,
         seed=args.seed,

@@ -24,7 +24,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from mcdiff.estimators import SUMMARY_FIELDS, relative_efficiency_vs_mc, summarize
+from mcdiff.estimators import (
+    SUMMARY_FIELDS,
+    VARIANCE_FIELDS,
+    relative_efficiency_vs_mc,
+    summarize,
+    variance_interval,
+)
 
 LEVEL_FIELDS = (
     "mean",
@@ -78,6 +84,41 @@ def summarize_draws(draws: xr.Dataset, confidence: float, nfe_per_eval: int = 1)
     out["nfe"] = ("design", n_evals * nfe_per_eval)
     if "noise" in draws.coords:
         out = out.assign_coords(noise=draws["noise"])
+    out.attrs["confidence"] = confidence
+    return out
+
+
+def variance_map(result: xr.DataTree, statistic: str = "pixel_mean") -> xr.DataArray:
+    """Variance of a statistic's values across the sampler's randomness, with a CI per design.
+
+    For ``pixel_mean`` under a posterior sampler (e.g. DPS) this is the pixel-wise posterior
+    variance map. Computed from ``/draws`` by :func:`~mcdiff.estimators.variance_interval`
+    (delta-method t-interval over the design's groups) at the result's confidence level.
+
+    Returns
+    -------
+    xarray.DataArray
+        dims ``("design", "summary", *own_dims)``, ``summary`` in
+        :data:`~mcdiff.estimators.VARIANCE_FIELDS`.
+    """
+    if "draws" not in result.children:
+        raise ValueError("variance_map needs a result with /draws (from mcdiff.estimate)")
+    draws = result["draws"].to_dataset()
+    if statistic not in draws.data_vars:
+        raise ValueError(f"statistic {statistic!r} is not in this result; it has {list(draws.data_vars)}")
+    var = draws[statistic]
+    confidence = float(result["summary"].attrs["confidence"])
+    rows = []
+    for design in draws["design"].values:
+        groups = draws["group"].sel(design=design).values
+        fields = variance_interval(var.sel(design=design).values, groups, confidence)
+        rows.append(np.stack([fields[f] for f in VARIANCE_FIELDS]))
+    own_dims = var.dims[2:]
+    coords = {"design": draws["design"].values, "summary": list(VARIANCE_FIELDS)}
+    coords.update({d: var[d].values for d in own_dims if d in var.coords})
+    out = xr.DataArray(
+        np.stack(rows), dims=("design", "summary", *own_dims), coords=coords, name=f"{statistic}_variance"
+    )
     out.attrs["confidence"] = confidence
     return out
 

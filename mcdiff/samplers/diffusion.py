@@ -67,6 +67,29 @@ def _as_eps_model(unet) -> EpsModel:
     return eps
 
 
+def predicted_original_sample(
+    scheduler: SchedulerMixin, model_output: torch.Tensor, t: torch.Tensor, sample: torch.Tensor
+) -> torch.Tensor:
+    """The network's estimate of ``x_0`` from ``x_t`` (Tweedie's formula for ``epsilon``), unclipped.
+
+    With ``a_t`` the cumulative product of alphas at timestep ``t``::
+
+        epsilon:       x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)     (Ho et al. 2020, eq. 15)
+        sample:        x0_hat = model_output
+        v_prediction:  x0_hat = sqrt(a_t) x_t - sqrt(1 - a_t) v          (Salimans and Ho 2022, sec. 4)
+
+    For a network trained on ``epsilon`` this is ``E[x_0 | x_t]`` (Tweedie's formula), exactly
+    so for the exact score of :class:`~mcdiff.samplers.gaussian.GaussianSampler`.
+    """
+    alpha_prod_t = scheduler.alphas_cumprod[t]
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return (sample - (1 - alpha_prod_t) ** 0.5 * model_output) / alpha_prod_t**0.5
+    if prediction_type == "sample":
+        return model_output
+    return alpha_prod_t**0.5 * sample - (1 - alpha_prod_t) ** 0.5 * model_output
+
+
 def ddpm_step(
     scheduler: DDPMScheduler,
     model_output: torch.Tensor,
@@ -119,12 +142,7 @@ def ddpm_step(
     current_alpha_t = alpha_prod_t / alpha_prod_t_prev
     current_beta_t = 1 - current_alpha_t
 
-    if config.prediction_type == "epsilon":
-        x0_hat = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
-    elif config.prediction_type == "sample":
-        x0_hat = model_output
-    else:  # "v_prediction": x0 = sqrt(a_t) x_t - sqrt(1 - a_t) v (Salimans and Ho 2022, sec. 4)
-        x0_hat = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
+    x0_hat = predicted_original_sample(scheduler, model_output, t, sample)
     if config.clip_sample:
         x0_hat = x0_hat.clamp(-config.clip_sample_range, config.clip_sample_range)
 
@@ -331,10 +349,17 @@ class DiffusionSampler(Sampler):
         scheduler = self.scheduler
         x = self.prior_mean + scheduler.init_noise_sigma * noise["x_T"]
         for i, t in enumerate(scheduler.timesteps):
-            eps = self._eps(scheduler.scale_model_input(x, t), t)
+            eps, x_prev = self._transition(i, t, x, noise["steps"][:, i] if self.stochastic else None)
             yield t, x, eps
-            x = self._step(i, t, eps, x, noise["steps"][:, i] if self.stochastic else None)
+            x = x_prev
         yield None, x, None
+
+    def _transition(
+        self, index: int, t: torch.Tensor, x: torch.Tensor, step_noise: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(eps(x_t, t), x_prev)``: the network's prediction and one sampler step from ``x_t``."""
+        eps = self._eps(self.scheduler.scale_model_input(x, t), t)
+        return eps, self._step(index, t, eps, x, step_noise)
 
     def _step(
         self, index: int, t: torch.Tensor, eps: torch.Tensor, x: torch.Tensor, step_noise
@@ -354,17 +379,20 @@ class DiffusionSampler(Sampler):
         The copy shares ``unet``; its ``nfe`` is ``num_inference_steps``. Subclasses whose
         constructor takes other arguments override this.
         """
-        return type(self)(
-            self.unet,
-            self.scheduler,
-            num_inference_steps=num_inference_steps,
-            eta=self.eta,
-            image_shape=self.image_shape,
-            prior_mean=self.prior_mean,
-            clip_output=self.clip_output,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        settings = {**self.settings(), "num_inference_steps": num_inference_steps}
+        return type(self)(self.unet, self.scheduler, **settings)
+
+    def settings(self) -> dict:
+        """The keyword arguments that rebuild this sampler around the same ``unet`` and ``scheduler``."""
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "eta": self.eta,
+            "image_shape": self.image_shape,
+            "prior_mean": self.prior_mean,
+            "clip_output": self.clip_output,
+            "device": self.device,
+            "dtype": self.dtype,
+        }
 
     def describe(self) -> dict[str, str | int | float]:
         return {
