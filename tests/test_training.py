@@ -125,6 +125,15 @@ def test_probabilistic_offset_sampler_noise_and_antithetic_symmetry():
     torch.testing.assert_close(x_T, z + (1 - abar).sqrt() * 0.7 * xi)
 
 
+def test_probabilistic_offset_sampler_with_steps_keeps_offset_weight():
+    sampler = ProbabilisticOffsetSampler(
+        lambda x, t: torch.zeros_like(x), DDIMScheduler(), offset_weight=0.7, num_inference_steps=8,
+        image_shape=(1, 4, 4),
+    )
+    coarse = sampler.with_steps(2)
+    assert (coarse.nfe, coarse.offset_weight) == (2, 0.7)
+
+
 def test_bad_offset_weight():
     with pytest.raises(ValueError, match="offset_weight must be >= 0, got -1"):
         ProbabilisticOffsetSampler(

@@ -113,5 +113,8 @@ class ProbabilisticOffsetSampler(DiffusionSampler):
             y = scheduler.step(eps_hat, t, y, eta=self.eta, variance_noise=step_noise).prev_sample
         yield None, y, None
 
+    def settings(self) -> dict:
+        return {**super().settings(), "offset_weight": self.offset_weight}
+
     def describe(self) -> dict[str, str | int | float]:
         return {**super().describe(), "offset_weight": self.offset_weight}
