@@ -13,12 +13,13 @@ over ``--repeats`` seeds, with ``sigma_L^2`` the per-evaluation variance of fine
 (pooled over its repeats). ``x amc`` is the gain over antithetic sampling alone; its range is
 that of ``eff_r / eff_amc,r`` over the repeats ``r`` (each from one run's standard errors,
 so it shows how far a single run can be trusted). The allocation of evaluations to levels is
-driven by brightness. Writes ``results/multifidelity_<model>.md`` (``--quick``:
-``multifidelity_<model>_quick.md``).
+driven by brightness. Writes ``results/multifidelity_<model>.md`` (with ``--tag T``:
+``multifidelity_<model>_T.md``; ``--quick`` tags ``quick``).
 
     python benchmarks/multifidelity.py                          # the bundled digits model
     python benchmarks/multifidelity.py --model gaussian         # the analytic model (probit output)
-    python benchmarks/multifidelity.py --quick                  # a small configuration, about a minute
+    python benchmarks/multifidelity.py --quick                  # a small configuration, 1-2 minutes
+    python benchmarks/multifidelity.py --methods mlmc --fidelities 12 50 --designs amc-rqmc --tag best
 """
 
 from __future__ import annotations
@@ -129,6 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + repeats - 1")
     parser.add_argument("--quick", action="store_true",
                         help="a small configuration (2 repeats of 6000 NFE, pilot 16, fewer estimators), 1-2 minutes")
+    parser.add_argument("--methods", nargs="+", choices=["mlmc", "cv"], default=None,
+                        help="run these methods at --fidelities with --designs instead of the built-in set")
+    parser.add_argument("--fidelities", type=int, nargs="+", default=[12, 50], help="with --methods")
+    parser.add_argument("--designs", nargs="+", default=["amc", "rqmc"],
+                        help="with --methods: design names, or one per level joined by '/' (rqmc/amc)")
+    parser.add_argument("--tag", default=None, help="output file multifidelity_<model>_<tag>.md")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="for the digits model, e.g. cuda")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
@@ -136,7 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     for name, full, quick in [("budget_nfe", 30_000, 6000), ("repeats", 4, 2), ("pilot", 32, 16)]:
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    estimators = QUICK if args.quick else ESTIMATORS
+    if args.methods:
+        designs = [tuple(d.split("/")) if "/" in d else d for d in args.designs]
+        estimators = [(method, tuple(args.fidelities), designs) for method in args.methods]
+    else:
+        estimators = QUICK if args.quick else ESTIMATORS
+    tag = args.tag if args.tag is not None else ("quick" if args.quick else "")
     start = time.perf_counter()
     table, info = run(args, estimators)
     header = ("statistic", "estimator (step counts)", "estimate", "mean CI width", "mean NFE", "rel. eff. per NFE",
@@ -159,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         ), "", *lines, "",
     ])
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"multifidelity_{args.model}{'_quick' if args.quick else ''}.md").write_text(text)
+    (args.output / f"multifidelity_{args.model}{'_' + tag if tag else ''}.md").write_text(text)
     print(text)
 
 
