@@ -261,8 +261,8 @@ class _NoSteps(Sampler):
         ({"n_evals": [4, 4]}, r"n_evals needs one count per level \(3\)"),
         ({"n_evals": None}, "exactly one of budget_nfe"),
         ({"budget_nfe": 1000}, "exactly one of budget_nfe"),
-        ({"n_evals": None, "budget_nfe": 1000}, "budget_nfe=1000 is too small: every level gets at least the pilot's "
-                                              "64 evaluations, 2176 NFE"),
+        ({"n_evals": None, "budget_nfe": 1000}, ("budget_nfe=1000 is too small: every level gets at least the "
+                                               "pilot's 64 evaluations, 2176 NFE")),
         ({"method": "cv"}, "give 2 fidelities"),
         ({"method": "mc"}, "method must be one of"),
         ({"designs": [("mc", "amc")]}, "has 2 entries for 3 levels"),
