@@ -237,7 +237,10 @@ def level_allocation(variances: np.ndarray, costs: np.ndarray, budget: float) ->
 
     ``V_l`` is the level's variance per evaluation *under its design*
     (``n · std_error^2`` from a pilot), ``C_l`` its cost per evaluation in NFE. The result is
-    real-valued; round it to each design's allowed counts.
+    real-valued; round it to each design's allowed counts. The formula takes ``V_l`` to be the
+    same at every ``n``; under RQMC it falls as ``n`` grows (the variance of the mean faster
+    than ``1/n``), so a small pilot overstates the variance of the levels where RQMC works
+    best, and the allocation is off the optimum for them.
 
     Parameters
     ----------
