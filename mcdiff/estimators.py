@@ -202,9 +202,9 @@ def control_variate_coefficient(fine: np.ndarray, coarse: np.ndarray) -> np.ndar
     it regresses the even parts of ``f_1`` and ``f_0``; it cancels their leading (quadratic)
     term and leaves a small, heavy-tailed residual. On the analytic model's pixels (2 and 20
     steps) that slope is 13-17 against 4-6 per evaluation, and the residual's pair means have
-    kurtosis 40-140: a t-interval over the tens of pairs a budget allocates covered 0.84-0.92
-    at level 1 and 0.89-0.90 overall, against 0.94-0.95 with the per-evaluation slope
-    (``statistics/results/multifidelity_coverage.md``).
+    kurtosis 40-140: the level's t-interval over 16 to 256 pairs covered 0.83-0.92, and the
+    pixel-wise intervals of the coverage study 0.89-0.90, against 0.94-0.95 with the
+    per-evaluation slope (``statistics/results/multifidelity_coverage.md``).
 
     Parameters
     ----------
