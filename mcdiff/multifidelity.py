@@ -10,8 +10,10 @@ counts) and ``f_l`` the statistic of the ``s_l``-step sample:
   levels use independent streams (:func:`~mcdiff.designs.stream_seed`), so their variances add.
 - ``"cv"`` (two-fidelity control variate): ``E f_1 = beta E f_0 + E[f_1 - beta f_0]``: level 1
   runs the coupled pair, level 0 the cheap sampler alone on an independent stream, so the
-  interval includes the variance of the estimate of ``E f_0``. ``beta`` comes from a pilot run
-  independent of both, so the estimator is unbiased given ``beta``.
+  interval includes the variance of the estimate of ``E f_0``. ``beta`` is the regression slope
+  of ``f_1`` on ``f_0`` over the evaluations of a pilot run independent of both, so the
+  estimator is unbiased given ``beta`` (see :func:`~mcdiff.estimators.control_variate_coefficient`
+  for why per evaluation, not per group).
 
 Each level may use any design (MC, antithetic, RQMC, antithetic RQMC); its mean and standard
 error come from :func:`~mcdiff.estimators.summarize` over that design's groups, and
@@ -41,7 +43,6 @@ from mcdiff.estimators import (
     check_confidence,
     combine_levels,
     control_variate_coefficient,
-    group_means,
     level_allocation,
     summarize,
 )
@@ -319,11 +320,7 @@ def _estimate_combination(
     pilot_runs = {level: run_level(level, level_designs[level], pilot, _PILOT) for level in pilot_levels}
     if method == "cv":
         fine, coarse = pilot_runs[1]
-        groups = level_designs[1].group_ids(pilot)
-        beta = {
-            s.name: control_variate_coefficient(group_means(fine[s.name], groups), group_means(coarse[s.name], groups))
-            for s in stats
-        }
+        beta = {s.name: control_variate_coefficient(fine[s.name], coarse[s.name]) for s in stats}
         weights = {s.name: np.stack([beta[s.name], np.ones_like(beta[s.name])]) for s in stats}
     else:
         beta = {s.name: np.float64(1.0) for s in stats}

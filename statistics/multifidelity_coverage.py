@@ -7,11 +7,14 @@ streams and the Welch–Satterthwaite t-interval. The truth is the 20-step sampl
 expectation (``GaussianSampler.expected_value``). Each coverage is Binomial(R, 0.95)/R if the
 intervals are exact: SE 0.97% at R = 500, so |coverage - 0.95| < 2.9% is 3 SE.
 
-Measured (results/multifidelity_coverage.md): brightness covers within 3 SE for all 12 combinations;
-the pooled per-pixel coverage does not for two control variates whose coarse-only level is
-(antithetic) RQMC, cv+amc-rqmc 0.904 and cv+rqmc/amc 0.886 (0.93 with pilot 64 over 300
-repeats, 0.88 with budget 8000). Their estimates are unbiased (bias t-statistics ~N(0, 1) over
-200 repeats, empirical SD / mean SE 0.93-1.16): the interval, not the estimator, is short there.
+Measured (results/multifidelity_coverage.md, 653 s on a shared 2-core CPU): brightness and
+the pooled per-pixel coverage are within 3 SE of 0.95 for all 12 combinations. Before the
+control variate's ``beta`` became the per-evaluation regression slope, it was the slope of
+group means; for an antithetic pair level that slope cancels the leading even term of
+``f_20 - beta f_2`` (beta 13-17 per pixel against 4-6) and leaves pair means with kurtosis
+40-140, so the pixel-wise intervals of cv+amc-rqmc and cv+rqmc/amc covered 0.904 and 0.886
+(brightness, an average of 16 such pixels, still covered). The price: brightness efficiency
+per NFE of the antithetic control variates fell from 13-22 to 5-8 on this model.
 
     python statistics/multifidelity_coverage.py                  # 500 repeats, writes results/multifidelity_coverage.md
     python statistics/multifidelity_coverage.py --repeats 50     # a quick look
