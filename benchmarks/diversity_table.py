@@ -15,7 +15,7 @@ LPIPS weights (nothing is downloaded) the table shows the RMS pixel distance
 ``sqrt(mean_p (a_p - b_p)^2)`` instead, a plain, non-perceptual distance, labelled as such.
 Writes ``results/diversity_table.md``.
 
-    python benchmarks/diversity_table.py                  # 512 pairs each, 50 steps (about 2 min on 2 cores)
+    python benchmarks/diversity_table.py                  # 512 pairs each, 50 steps (about 1 min on 2 cores)
     python benchmarks/diversity_table.py --pairs 64       # a quick check
 """
 

@@ -17,7 +17,7 @@ Gaussian model of the README's API example (``mean=0.4, std=0.2``, 8×8, probit 
 DDIM 20 steps). Writes ``results/efficiency_table.md`` and ``results/efficiency_table.png``
 (relative efficiency per statistic and design on the digits model).
 
-    python benchmarks/efficiency_table.py                    # N = 1024, 8 seeds (about 4 min on 2 cores)
+    python benchmarks/efficiency_table.py                    # N = 1024, 8 seeds (3–5 min on 2 shared cores)
     python benchmarks/efficiency_table.py -n 256 --seeds 2   # a quick check
 """
 

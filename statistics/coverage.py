@@ -7,7 +7,7 @@ error of that coverage, the bias of the estimate (raw, with its standard error, 
 t-statistic of the standardised error), and the mean CI width. Truths are closed form
 (``GaussianSampler.expected_value``).
 
-Run: ``python statistics/coverage.py [--repeats 500]`` (about 3 minutes on 2 cores);
+Run: ``python statistics/coverage.py [--repeats 500]`` (about 7 minutes on 2 cores);
 writes ``statistics/results/coverage.md``.
 """
 
