@@ -113,15 +113,18 @@ def main(argv: list[str] | None = None) -> None:
         "An ImageNet feature distance on 8×8 digits would mean little anyway. The second row is the RMS "
         "pixel distance, a plain distance shown in its place."
     )
-    text = "\n".join([
-        "# Table 1 on the bundled digits model: diversity of antithetic (PN) vs independent (RR) pairs", "",
-        f"Made by `{command.strip()}` in {seconds:.0f} s (mcdiff {mcdiff_version()}, torch threads "
-        f"{args.threads}): {args.pairs} pairs of each kind, {args.steps} steps, seed {args.seed}.", "",
+    made = (f"Made by `{command.strip()}` in {seconds:.0f} s (mcdiff {mcdiff_version()}, torch threads "
+            f"{args.threads}): {args.pairs} pairs of each kind, {args.steps} steps, seed {args.seed}.")
+    legend = (
         "Average % improvement of PN over RR (± delta-method SE over pairs): for SSIM "
         "`100 (SSIM_RR − SSIM_PN) / |SSIM_RR|` (lower SSIM = more diverse), for a distance "
         "`100 (d_PN − d_RR) / d_RR`. SSIM of 8×8 images uses a 7-tap window (sigma 0.95), so only "
         "2×2 window positions enter; RR pairs of digits are already dissimilar (mean SSIM near 0.1), "
-        "which makes the percentage large and its relative error larger than the paper's.", "",
+        "which makes the percentage large and its relative error larger than the paper's."
+    )
+    text = "\n".join([
+        "# Table 1 on the bundled digits model: diversity of antithetic (PN) vs independent (RR) pairs", "",
+        made, "", legend, "",
         *rows, "", "Mean per pair:", "", *means, "", lpips_note, "",
         "## Published (arXiv 2506.06185, Table 1)", "",
         "Other models and image sizes: for direction and size, not for comparison cell by cell.", "",

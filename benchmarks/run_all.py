@@ -87,7 +87,8 @@ def run(bench: Benchmark, quick: bool, output: Path) -> tuple[str, float]:
     """Run one benchmark in a fresh process, its output streamed; ``(status, seconds)``."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     start = time.perf_counter()
-    code = subprocess.run([sys.executable, str(bench.path), *bench.argv(quick, output)], cwd=ROOT, env=env).returncode
+    args = [sys.executable, str(bench.path), *bench.argv(quick, output)]
+    code = subprocess.run(args, cwd=ROOT, env=env, check=False).returncode
     return ("ok" if code == 0 else f"failed (exit {code})"), time.perf_counter() - start
 
 
@@ -120,20 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     for bench in selected:
         cmd = command(bench, args.quick, output)
         if not bench.path.is_file():
-            rows.append((bench.name, cmd, "skipped: script absent", float("nan")))
+            rows.append((bench.name, cmd, "skipped: script absent", None))
             continue
         print(f"\n===== {bench.name}: {cmd}", flush=True)
         status, seconds = run(bench, args.quick, output)
         print(f"===== {bench.name}: {status} in {seconds:.0f} s", flush=True)
         rows.append((bench.name, cmd, status, seconds))
 
-    total = sum(s for *_, s in rows if s == s)
+    ran = [s for *_, s in rows if s is not None]
+    this = shlex.join(["python", "benchmarks/run_all.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [
         f"# Benchmarks ({'quick' if args.quick else 'full size'})", "",
-        f"`{shlex.join(['python', 'benchmarks/run_all.py', *(sys.argv[1:] if argv is None else argv)])}` "
-        f"ran {sum(s == s for *_, s in rows)} benchmarks in {total:.0f} s.", "",
+        f"`{this}` ran {len(ran)} benchmarks in {sum(ran):.0f} s.", "",
         "| benchmark | command | status | wall time |", "|---|---|---|---|",
-        *(f"| {n} | `{c}` | {st} | {'—' if s != s else f'{s:.0f} s'} |" for n, c, st, s in rows), "",
+        *(f"| {n} | `{c}` | {st} | {'—' if s is None else f'{s:.0f} s'} |" for n, c, st, s in rows), "",
     ]
     text = "\n".join(lines)
     (output / "run_all.md").write_text(text)

@@ -33,7 +33,7 @@ def test_unknown_benchmark_is_refused(capsys):
 def test_quick_suite_runs_every_benchmark(tmp_path):
     """``run_all.py --quick``: every benchmark present exits 0 (1.5–4 minutes on 2 cores)."""
     done = subprocess.run([sys.executable, str(BENCHMARKS / "run_all.py"), "--quick", "--output", str(tmp_path)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = (tmp_path / "run_all.md").read_text()
     for bench in _run_all().BENCHMARKS:
