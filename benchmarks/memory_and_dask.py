@@ -55,10 +55,10 @@ def memory_child(n_evals: int) -> None:
     print(f"{n_evals},{seconds:.2f},{peak / 2**20:.2f},{rss:.1f},{rss - base:.1f}")
 
 
-def memory_table() -> None:
+def memory_table(sizes: tuple[int, ...] = SIZES) -> None:
     print("peak memory, analytic model 1x8x8, 10 DDIM steps, design amc, statistic brightness, batch 1000")
     print(f"{'N':>8}  {'time s':>7}  {'tracemalloc peak MB':>19}  {'peak RSS MB':>11}  {'RSS growth MB':>13}")
-    for n in SIZES:
+    for n in sizes:
         line = (
             subprocess.run(
                 [sys.executable, __file__, "--memory-child", str(n)],
@@ -133,14 +133,20 @@ def dask_table(n_evals: int = 32_768) -> None:
     print(f"bit-identical results: {remote.identical(local)}")
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory", action="store_true", help="memory table only")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="N of the memory table")
+    parser.add_argument("--dask-n-evals", type=int, default=32_768, help="N per design of the Dask timing")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.memory_child:
         memory_child(args.memory_child)
     else:
-        memory_table()
+        memory_table(tuple(args.sizes))
         if not args.memory:
-            dask_table()
+            dask_table(args.dask_n_evals)
+
+
+if __name__ == "__main__":
+    main()

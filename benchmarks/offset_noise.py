@@ -59,7 +59,7 @@ def mmd2(x: np.ndarray, y: np.ndarray) -> float:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1500, help="training steps per model")
@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/offset-study"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     data = mcdiff.extreme_brightness(n=4096, size=args.size, seed=args.seed)

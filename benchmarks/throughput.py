@@ -63,7 +63,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=16, help="image side (default 16)")
     parser.add_argument(
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
