@@ -1,8 +1,9 @@
-"""Command line: ``mcdiff demo``, ``estimate``, ``multifidelity``, ``diagnose``, ``train``."""
+"""Command line: ``mcdiff demo``, ``estimate``, ``multifidelity``, ``diagnose``, ``train``, ``bench``."""
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from functools import partial
 from pathlib import Path
@@ -344,6 +345,47 @@ def _run_train(args) -> None:
     print(f"wrote {path}")
 
 
+CHECKOUT = Path(__file__).resolve().parents[1]
+"""Where an editable install's source checkout (with ``benchmarks/``) would be."""
+
+
+def find_run_all(start: Path, checkout: Path = CHECKOUT) -> Path:
+    """``benchmarks/run_all.py`` of the source checkout holding ``start``, else of ``checkout``.
+
+    The benchmarks live beside the package in the repository, not inside it, so ``mcdiff
+    bench`` needs a checkout: the working directory's (or one of its parents'), or the one an
+    editable install points to.
+    """
+    start = start.resolve()
+    for root in (start, *start.parents, checkout):
+        script = root / "benchmarks" / "run_all.py"
+        if script.is_file():
+            return script
+    raise ValueError(
+        "mcdiff bench runs the benchmarks of a source checkout (benchmarks/run_all.py), and none was "
+        f"found above {start} or at {checkout}: clone the repository and run it there"
+    )
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run every benchmark of a source checkout (benchmarks/run_all.py)")
+    p.add_argument("--quick", action="store_true", help="small sizes, a few minutes in all")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
+    p.add_argument("--list", action="store_true", help="list the benchmarks and their commands, run nothing")
+    p.add_argument("--output", type=Path, help="directory of tables and summary")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> int:
+    forwarded = [
+        *(["--quick"] if args.quick else []),
+        *(["--only", *args.only] if args.only else []),
+        *(["--list"] if args.list else []),
+        *(["--output", str(args.output)] if args.output else []),
+    ]
+    return subprocess.run([sys.executable, str(find_run_all(Path.cwd())), *forwarded], check=False).returncode
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcdiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -352,17 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_multifidelity(sub)
     _add_diagnose(sub)
     _add_train(sub)
+    _add_bench(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)
     except ValueError as err:
         print(f"mcdiff {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
