@@ -41,14 +41,12 @@ def _add_estimate(sub) -> None:
         "adds the statistic inpainting_error (MSE and PSNR on the missing pixels)",
     )
     inverse.add_argument("--inpaint", choices=list(MASKS), help="mask: a centred box or random missing pixels")
-    inverse.add_argument("--mask-fraction", type=float, default=0.25,
-                         help="fraction of pixels missing (default 0.25)")
-    inverse.add_argument("--sigma-y", type=float, default=0.05,
-                         help="measurement noise on the [-1, 1] scale (default 0.05)")
-    inverse.add_argument("--zeta", type=float, default=1.0,
+    inverse.add_argument("--mask-fraction", type=float, help="fraction of pixels missing (default 0.25)")
+    inverse.add_argument("--sigma-y", type=float, help="measurement noise on the [-1, 1] scale (default 0.05)")
+    inverse.add_argument("--zeta", type=float,
                          help="DPS step size (default 1.0, for tens of steps; 0.5 in the paper at 1000)")
-    inverse.add_argument("--ground-truth-index", type=int, default=0, help="index of the digit (default 0)")
-    inverse.add_argument("--measurement-seed", type=int, default=0,
+    inverse.add_argument("--ground-truth-index", type=int, help="index of the digit (default 0)")
+    inverse.add_argument("--measurement-seed", type=int,
                          help="seed of the measurement noise and the random mask (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--confidence", type=float, default=0.95)
@@ -65,9 +63,27 @@ def _add_estimate(sub) -> None:
     p.set_defaults(run=_run_estimate)
 
 
-def _inpainting_problem(args) -> InpaintingProblem:
-    """The inpainting problem of ``mcdiff estimate --inpaint ...``: a digit, a mask, a measurement."""
+INVERSE_DEFAULTS = {"mask_fraction": 0.25, "sigma_y": 0.05, "zeta": 1.0, "ground_truth_index": 0, "measurement_seed": 0}
+"""Defaults of ``mcdiff estimate``'s inverse-problem options, which apply only with ``--inpaint``."""
+
+
+def _inpainting_problem(args) -> InpaintingProblem | None:
+    """The inpainting problem of ``mcdiff estimate --inpaint ...``: a digit, a mask, a measurement.
+
+    ``None`` without ``--inpaint``; then no other inverse-problem option may be given.
+    Fills in the options' defaults in ``args``.
+    """
     from mcdiff.data import digits
+
+    given = [name for name in INVERSE_DEFAULTS if getattr(args, name) is not None]
+    if not args.inpaint:
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"{options} apply only to an inverse problem: add --inpaint box|random")
+        return None
+    for name, default in INVERSE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
     images = digits()
     if not 0 <= args.ground_truth_index < len(images):
@@ -86,7 +102,7 @@ def _estimate_model(model: str, steps: int, scheduler: str, eta: float, problem=
 
 
 def _run_estimate(args) -> None:
-    problem = _inpainting_problem(args) if args.inpaint else None
+    problem = _inpainting_problem(args)
     scheduler = "DDPMScheduler" if args.ddpm else "DDIMScheduler"
     # a factory: Dask workers build the model
     model = partial(_estimate_model, args.model, args.steps, scheduler, args.eta, problem, args.zeta)

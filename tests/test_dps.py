@@ -303,3 +303,10 @@ def test_cli_estimate_inpaints_a_digit(tmp_path, capsys):
     assert attrs["model"] == "DPSSampler" and attrs["observed_fraction"] == 0.5
     code = main(["estimate", "--inpaint", "box", "--zeta", "inf", "-n", "16", "-o", str(tmp_path / "x.nc")])
     assert code == 2 and "zeta" in capsys.readouterr().err
+
+
+def test_cli_refuses_inverse_problem_options_without_inpaint(tmp_path, capsys):
+    code = main(["estimate", "--zeta", "0.5", "--sigma-y", "0.1", "-n", "16", "-o", str(tmp_path / "x.nc")])
+    assert code == 2
+    assert "--sigma-y, --zeta apply only to an inverse problem" in capsys.readouterr().err
+    assert not (tmp_path / "x.nc").exists()
