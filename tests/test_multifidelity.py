@@ -103,6 +103,12 @@ def test_with_steps_rebuilds_the_gaussian_sampler(probit_model):
     assert probit_model.nfe == 10  # the original is unchanged
 
 
+def test_with_steps_keeps_the_gaussian_samplers_scheduler():
+    ddpm = GaussianSampler(image_shape=(1, 2, 2), num_inference_steps=10, scheduler="DDPMScheduler")
+    coarse = ddpm.with_steps(3)
+    assert type(coarse.scheduler).__name__ == "DDPMScheduler" and coarse.noise_spec["steps"] == (3, 1, 2, 2)
+
+
 def test_with_steps_rebuilds_a_diffusion_sampler():
     base = GaussianSampler(image_shape=(1, 2, 2))
     sampler = mcdiff.DiffusionSampler(base.unet, base.scheduler, num_inference_steps=7, image_shape=(1, 2, 2),

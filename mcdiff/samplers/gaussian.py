@@ -117,6 +117,7 @@ class GaussianSampler(DiffusionSampler):
             image_shape=self.image_shape,
             num_inference_steps=num_inference_steps,
             eta=self.eta,
+            scheduler=type(self.scheduler).__name__,
             output=self.output,
             probit_width=self.probit_width,
         )
