@@ -377,7 +377,7 @@ class DiffusionSampler(Sampler):
         """The same network, scheduler and settings at another step count (a fidelity).
 
         The copy shares ``unet``; its ``nfe`` is ``num_inference_steps``. Subclasses whose
-        constructor takes other arguments override this.
+        constructor takes other arguments add them to :meth:`settings`.
         """
         settings = {**self.settings(), "num_inference_steps": num_inference_steps}
         return type(self)(self.unet, self.scheduler, **settings)

@@ -129,16 +129,8 @@ class DPSSampler(DiffusionSampler):
         eps = eps.detach()
         return eps, self._step(index, t, eps, x, step_noise) - self.zeta * grad
 
-    def with_steps(self, num_inference_steps: int) -> DPSSampler:
-        """The same network, measurement and ``zeta`` at another step count."""
-        return DPSSampler(
-            self.unet,
-            self.scheduler,
-            self.operator,
-            self.measurement,
-            self.zeta,
-            **{**self.settings(), "num_inference_steps": num_inference_steps},
-        )
+    def settings(self) -> dict:
+        return {**super().settings(), "operator": self.operator, "measurement": self.measurement, "zeta": self.zeta}
 
     def describe(self) -> dict[str, str | int | float]:
         """The base settings plus ``zeta``, the operator's settings and a digest of ``y``."""
