@@ -1,6 +1,6 @@
 """Sampling throughput: mcdiff's runner beside a plain diffusers loop, same model and batch.
 
-mcdiff's side is the full evaluation path of :func:`mcdiff.runner.evaluate_design`: noise
+mcdiff's side is the full evaluation path of :func:`mcdiff.blocks.evaluate_design`: noise
 drawn by the antithetic design from ``(seed, address)``, the sampler, and a statistic (the
 brightness of each image). The plain side is what a diffusers user writes: ``torch.randn``,
 ``unet`` + ``scheduler.step`` in a loop, and the mean of each image. Repeats cycle through
@@ -19,9 +19,9 @@ from functools import partial
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
+from mcdiff.blocks import evaluate_design
 from mcdiff.designs import Antithetic
 from mcdiff.functionals import brightness
-from mcdiff.runner import evaluate_design
 from mcdiff.samplers import DiffusionSampler
 from mcdiff.samplers.diffusion import default_device
 

@@ -14,11 +14,18 @@ from mcdiff.functionals import (
     brightness,
     centroid,
     contrast,
+    exact_expectation,
     get_statistic,
-    inpainting_error,
     pixel_mean,
 )
-from mcdiff.inverse import InpaintingOperator, InpaintingProblem, box_mask, make_measurement, random_mask
+from mcdiff.inverse import (
+    InpaintingOperator,
+    InpaintingProblem,
+    box_mask,
+    inpainting_error,
+    make_measurement,
+    random_mask,
+)
 from mcdiff.models import bundled_model, load_model
 from mcdiff.multifidelity import estimate_multifidelity
 from mcdiff.results import format_levels, format_table, load_result, save_result, to_arviz, variance_map
@@ -64,6 +71,7 @@ __all__ = [
     "estimate",
     "extreme_brightness",
     "estimate_multifidelity",
+    "exact_expectation",
     "format_levels",
     "format_table",
     "get_design",

@@ -2,7 +2,7 @@
 
 A :class:`Block` is a contiguous range of addresses of one design that never splits a group
 (an antithetic pair or an RQMC replicate). An executor turns blocks into statistic values by
-calling :func:`mcdiff.runner.evaluate_design` on them, wherever the model lives. Only the
+calling :func:`mcdiff.blocks.evaluate_design` on them, wherever the model lives. Only the
 block's description travels: the noise is regenerated where the block runs, from
 ``(seed, design, address)``, so the values do not depend on which worker ran which block.
 
@@ -21,22 +21,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mcdiff.designs import Design
+from mcdiff.blocks import Block, evaluate_design
 from mcdiff.functionals import Statistic
 from mcdiff.samplers.base import Sampler
 
 Model = Sampler | Callable[[], Sampler]
 """A sampler, or a picklable zero-argument factory that builds one."""
-
-
-@dataclass(frozen=True)
-class Block:
-    """Evaluations ``start .. stop - 1`` of ``design`` in a run of ``n_evals``."""
-
-    design: Design
-    n_evals: int
-    start: int
-    stop: int
 
 
 @dataclass(frozen=True)
@@ -52,8 +42,6 @@ def _info(sampler: Sampler) -> ModelInfo:
 
 
 def _evaluate(sampler: Sampler, statistics: Sequence[Statistic], seed: int, batch_size: int, block: Block):
-    from mcdiff.runner import evaluate_design  # the runner imports this module
-
     return evaluate_design(
         sampler, statistics, block.design, block.n_evals, seed, batch_size, start=block.start, stop=block.stop
     )

@@ -114,49 +114,6 @@ at ``(i + 0.5) / H`` so coordinates lie in [0, 1]."""
 BUILTIN = {s.name: s for s in (brightness, pixel_mean, contrast, centroid)}
 
 
-def inpainting_error(ground_truth, mask) -> Statistic:
-    """Error of an inpainted image on its missing pixels: MSE and PSNR against the ground truth.
-
-    With ``M`` the missing pixels (mask 0, across every channel the mask covers) of an image
-    ``x`` and the ground truth ``g``, both on the [0, 1] scale::
-
-        mse  = (1/|M|) sum_{p in M} (x_p - g_p)^2
-        psnr = 10 log10(1 / mse)            (peak value 1; inf when mse = 0)
-
-    Both are per image, so the estimate of ``psnr`` is the posterior mean of each sample's
-    PSNR, not the PSNR of the posterior mean image.
-
-    Parameters
-    ----------
-    ground_truth : array (C, H, W)
-        The true image, in [0, 1].
-    mask : array (H, W), (1, H, W) or (C, H, W)
-        1 where observed, 0 where missing (see :func:`mcdiff.inverse.check_mask`).
-
-    Returns
-    -------
-    Statistic
-        ``"inpainting_error"``, dims ``("metric",)`` with coordinates ``["mse", "psnr"]``.
-    """
-    from mcdiff.inverse import check_ground_truth, check_mask
-
-    truth = check_ground_truth(ground_truth)
-    missing = np.broadcast_to(1 - check_mask(mask, truth.shape), truth.shape).copy()
-
-    def error(images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape[1:]) != truth.shape:
-            raise ValueError(
-                f"inpainting_error was built for images of shape {truth.shape}, got {tuple(images.shape[1:])}"
-            )
-        images = images.double()
-        weights = torch.as_tensor(missing, device=images.device)
-        target = torch.as_tensor(truth, device=images.device)
-        mse = ((images - target) ** 2 * weights).sum(dim=(1, 2, 3)) / weights.sum()
-        return torch.stack([mse, -10 * torch.log10(mse)], dim=-1)
-
-    return Statistic("inpainting_error", error, dims=("metric",), coords={"metric": ["mse", "psnr"]})
-
-
 def get_statistic(statistic: str | Statistic | Callable) -> Statistic:
     """Resolve a built-in name, a :class:`Statistic`, or a callable into a :class:`Statistic`."""
     if isinstance(statistic, Statistic):
@@ -168,3 +125,25 @@ def get_statistic(statistic: str | Statistic | Callable) -> Statistic:
     if callable(statistic):
         return Statistic(getattr(statistic, "__name__", "statistic"), statistic)
     raise ValueError(f"a statistic must be a name, a Statistic or a callable, got {statistic!r}")
+
+
+def exact_expectation(model, statistic: str | Statistic | Callable) -> np.ndarray:
+    """Exact ``E[f(G(z))]`` of a *linear* statistic under a model that knows its expected image.
+
+    For linear ``f``, ``E[f(G(z))] = f(E[G(z)])``: the statistic of the model's exact
+    expected image ``model.expected_image()`` ``(C, H, W)``, as the analytic
+    :class:`~mcdiff.samplers.gaussian.GaussianSampler` provides it.
+
+    Returns
+    -------
+    array ``own_shape``
+    """
+    stat = get_statistic(statistic)
+    if not stat.linear:
+        raise ValueError(
+            f"the exact expectation is known only for linear statistics; {stat.name!r} is not "
+            "linear (linear built-ins: brightness, pixel_mean)"
+        )
+    if not callable(getattr(model, "expected_image", None)):
+        raise ValueError(f"{type(model).__name__} has no exact expected_image(); use an analytic model")
+    return stat(torch.as_tensor(model.expected_image())[None])[0]

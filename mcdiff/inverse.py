@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from mcdiff.functionals import Statistic, inpainting_error
+from mcdiff.functionals import Statistic
 from mcdiff.samplers.diffusion import DiffusionSampler
 from mcdiff.samplers.dps import DPSSampler
 
@@ -199,6 +199,47 @@ def check_ground_truth(ground_truth) -> np.ndarray:
     return truth
 
 
+def inpainting_error(ground_truth, mask) -> Statistic:
+    """Error of an inpainted image on its missing pixels: MSE and PSNR against the ground truth.
+
+    With ``M`` the missing pixels (mask 0, across every channel the mask covers) of an image
+    ``x`` and the ground truth ``g``, both on the [0, 1] scale::
+
+        mse  = (1/|M|) sum_{p in M} (x_p - g_p)^2
+        psnr = 10 log10(1 / mse)            (peak value 1; inf when mse = 0)
+
+    Both are per image, so the estimate of ``psnr`` is the posterior mean of each sample's
+    PSNR, not the PSNR of the posterior mean image.
+
+    Parameters
+    ----------
+    ground_truth : array (C, H, W)
+        The true image, in [0, 1].
+    mask : array (H, W), (1, H, W) or (C, H, W)
+        1 where observed, 0 where missing (see :func:`check_mask`).
+
+    Returns
+    -------
+    Statistic
+        ``"inpainting_error"``, dims ``("metric",)`` with coordinates ``["mse", "psnr"]``.
+    """
+    truth = check_ground_truth(ground_truth)
+    missing = np.broadcast_to(1 - check_mask(mask, truth.shape), truth.shape).copy()
+
+    def error(images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[1:]) != truth.shape:
+            raise ValueError(
+                f"inpainting_error was built for images of shape {truth.shape}, got {tuple(images.shape[1:])}"
+            )
+        images = images.double()
+        weights = torch.as_tensor(missing, device=images.device)
+        target = torch.as_tensor(truth, device=images.device)
+        mse = ((images - target) ** 2 * weights).sum(dim=(1, 2, 3)) / weights.sum()
+        return torch.stack([mse, -10 * torch.log10(mse)], dim=-1)
+
+    return Statistic("inpainting_error", error, dims=("metric",), coords={"metric": ["mse", "psnr"]})
+
+
 class InpaintingProblem:
     """A known image, a mask and a noisy measurement of it: a complete inpainting study.
 
@@ -219,7 +260,7 @@ class InpaintingProblem:
     measurement : tensor (C, H, W)
         ``y``, see :func:`make_measurement`.
     error : Statistic
-        :func:`~mcdiff.functionals.inpainting_error` against the ground truth on the missing pixels.
+        :func:`inpainting_error` against the ground truth on the missing pixels.
 
     Examples
     --------

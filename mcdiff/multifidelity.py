@@ -38,6 +38,7 @@ import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from mcdiff.blocks import evaluate_design
 from mcdiff.designs import Design, check_seed, get_design, stream_seed
 from mcdiff.estimators import (
     check_confidence,
@@ -48,7 +49,7 @@ from mcdiff.estimators import (
 )
 from mcdiff.functionals import Statistic, get_statistic
 from mcdiff.results import build_multifidelity_result
-from mcdiff.runner import check_batch_size, check_unique_names, evaluate_design
+from mcdiff.runner import check_batch_size, check_unique_names
 from mcdiff.samplers.base import Sampler
 
 METHODS = ("mlmc", "cv")

@@ -24,16 +24,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 import xarray as xr
 from tqdm.auto import tqdm
 
+from mcdiff.blocks import Block
 from mcdiff.designs import Design, check_seed, get_design
 from mcdiff.estimators import check_confidence, summarize
-from mcdiff.executors import Block, DaskExecutor, LocalExecutor, Model, ModelInfo
+from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo
 from mcdiff.functionals import Statistic, get_statistic
 from mcdiff.results import build_result, mcdiff_version
-from mcdiff.samplers.base import Sampler
 from mcdiff.store import ResultStore
 
 
@@ -52,70 +51,6 @@ def check_batch_size(batch_size: int, design: Design) -> None:
             f"batch_size={batch_size!r} cannot hold a pair of design {design.name!r}: "
             f"use an integer >= {design.unit}"
         )
-
-
-def _check_images(images: torch.Tensor, count: int, sampler: Sampler) -> None:
-    expected = (count, *sampler.image_shape)
-    if not torch.is_tensor(images) or tuple(images.shape) != expected:
-        got = tuple(images.shape) if hasattr(images, "shape") else type(images).__name__
-        raise ValueError(
-            f"sampler {type(sampler).__name__} returned images of shape {got}; expected "
-            f"(B, C, H, W) = {expected} for a batch of {count}"
-        )
-
-
-def evaluate_design(
-    sampler: Sampler,
-    statistics: Sequence[Statistic],
-    design: Design,
-    n_evals: int,
-    seed: int,
-    batch_size: int,
-    on_batch: Callable[[int], None] = lambda count: None,
-    *,
-    start: int = 0,
-    stop: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Statistic values ``{name: (stop - start, *own_shape)}`` of evaluations ``start .. stop - 1``.
-
-    By default every evaluation of the run, ``0 .. n_evals - 1``. Batches of ``batch_size``
-    (rounded down to whole pairs) are cut from ``start``; ``start`` and ``stop`` must not
-    split a pair.
-    """
-    step = batch_size - batch_size % design.unit
-    spec = sampler.noise_spec
-    first, last = start, n_evals if stop is None else stop
-    if first % design.unit or last % design.unit:
-        raise ValueError(f"addresses [{first}, {last}) split a pair of design {design.name!r}")
-    values: dict[str, np.ndarray] = {}
-    for lo in range(first, last, step):
-        hi = min(last, lo + step)
-        noise = {
-            name: torch.from_numpy(z).to(device=sampler.device, dtype=sampler.dtype)
-            for name, z in design.draw(spec, seed, lo, hi, n_evals).items()
-        }
-        with torch.inference_mode():
-            images = sampler(noise)
-        _check_images(images, hi - lo, sampler)
-        for stat in statistics:
-            batch = stat(images)
-            bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
-            if bad.any():
-                addresses = (np.flatnonzero(bad) + lo).tolist()
-                raise ValueError(
-                    f"statistic {stat.name!r} is not finite (NaN or inf) at evaluations "
-                    f"{addresses[:10]}{' ...' if len(addresses) > 10 else ''} of design {design.name!r}"
-                )
-            if stat.name not in values:
-                values[stat.name] = np.empty((last - first, *batch.shape[1:]))
-            elif batch.shape[1:] != values[stat.name].shape[1:]:
-                raise ValueError(
-                    f"statistic {stat.name!r} changed shape from {values[stat.name].shape[1:]} "
-                    f"to {batch.shape[1:]} between batches"
-                )
-            values[stat.name][lo - first : hi - first] = batch
-        on_batch(hi - lo)
-    return values
 
 
 def estimate(

@@ -5,7 +5,7 @@ For each decoder of :class:`mcdiff.GaussianSampler` (``probit``: smooth; ``clip`
 0 .. R-1 and reports how often the CI covers the exact expectation, the binomial standard
 error of that coverage, the bias of the estimate (raw, with its standard error, and as the
 t-statistic of the standardised error), and the mean CI width. Truths are closed form
-(``GaussianSampler.expected_value``).
+(``mcdiff.exact_expectation``).
 
 Run: ``python statistics/coverage.py [--repeats 500]`` (about 7 minutes on 2 cores);
 writes ``statistics/results/coverage.md``.
@@ -49,7 +49,7 @@ def study(output: str, n_evals: int, repeats: int) -> list[tuple]:
         num_inference_steps=10,
         output=output,
     )
-    truth = {s: sampler.expected_value(s) for s in STATS}
+    truth = {s: mcdiff.exact_expectation(sampler, s) for s in STATS}
     designs = list(DESIGNS.values())
     labels = list(DESIGNS)
     hits = {(s, d, c): [] for s in STATS for d in labels for c in LEVELS}

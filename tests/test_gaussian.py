@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import mcdiff
 from mcdiff.samplers import GaussianSampler
 
 
@@ -77,11 +78,13 @@ def test_antithetic_pairs_are_exactly_mirrored_on_the_affine_model():
     assert np.corrcoef(a.numpy(), b.numpy())[0, 1] == pytest.approx(-1.0, abs=1e-12)
 
 
-def test_expected_value_only_for_linear_statistics():
+def test_exact_expectation_only_for_linear_statistics_of_analytic_models():
     s = GaussianSampler()
-    assert s.expected_value("brightness") == pytest.approx(float(s.expected_image().mean()))
+    assert mcdiff.exact_expectation(s, "brightness") == pytest.approx(float(s.expected_image().mean()))
     with pytest.raises(ValueError, match="only for linear statistics; 'contrast' is not linear"):
-        s.expected_value("contrast")
+        mcdiff.exact_expectation(s, "contrast")
+    with pytest.raises(ValueError, match="no exact expected_image"):
+        mcdiff.exact_expectation(object(), "brightness")
 
 
 @pytest.mark.parametrize(

@@ -197,7 +197,7 @@ def test_level_means_sum_to_the_estimate(mlmc_result):
 def test_antithetic_levels_are_exact_on_the_affine_model(affine_model):
     result = mcdiff.estimate_multifidelity(affine_model, ["brightness"], [2, 10], ["amc", "amc-rqmc"],
                                            n_evals=[32, 32], progress=False)
-    truth = affine_model.expected_value("brightness")
+    truth = mcdiff.exact_expectation(affine_model, "brightness")
     np.testing.assert_allclose(result["summary"]["brightness"].sel(summary="estimate"), truth, atol=1e-12)
 
 
@@ -207,7 +207,7 @@ def test_antithetic_control_variate_level_has_calibrated_standard_errors(probit_
     means add a little); a beta fitted on pair means gave 2.3, since it leaves a heavy-tailed
     residual. 1.5 is over 4 SD of the block-to-block spread above the measured values."""
     coarse, fine = probit_model.with_steps(2), probit_model.with_steps(20)
-    truth = {s: m.expected_value("pixel_mean") for s, m in (("coarse", coarse), ("fine", fine))}
+    truth = {s: mcdiff.exact_expectation(m, "pixel_mean") for s, m in (("coarse", coarse), ("fine", fine))}
     z = []
     for seed in range(100):
         result = mcdiff.estimate_multifidelity(probit_model, ["pixel_mean"], [2, 20], ["amc"], method="cv",
@@ -308,7 +308,7 @@ def coverage(model, method: str, repeats: int, combinations: int = 6) -> dict[st
     fidelities = FIDELITIES if method == "mlmc" else [2, 20]
     n_evals = [64, 32, 32] if method == "mlmc" else [64, 32]
     fine = model.with_steps(fidelities[-1])
-    truth = {s: fine.expected_value(s) for s in ("brightness", "pixel_mean")}
+    truth = {s: mcdiff.exact_expectation(fine, s) for s in ("brightness", "pixel_mean")}
     hits: dict[str, list] = {}
     for seed in range(repeats):
         summary = mcdiff.estimate_multifidelity(model, list(truth), fidelities, COMBINATIONS[method][:combinations],

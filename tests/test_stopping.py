@@ -108,7 +108,7 @@ def test_bad_stopping_input_is_refused(model, kwargs, match):
 
 @pytest.mark.parametrize("design, target", [("amc", 0.005), ("mc", 0.024)])
 def test_coverage_at_the_stopping_time(model, design, target):
-    truth = model.expected_value("brightness")
+    truth = mcdiff.exact_expectation(model, "brightness")
     hits, sizes = [], []
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every repeat must reach its target within the cap

@@ -146,6 +146,8 @@ class GaussianSampler(DiffusionSampler):
     def expected_image(self) -> torch.Tensor:
         """Exact ``E[image]`` ``(C, H, W)`` for the chosen ``output``.
 
+        :func:`mcdiff.exact_expectation` turns it into the exact answer of a linear statistic.
+
         For ``Y ~ N(m, v)``: ``E[clip(Y, 0, 1)] = m (Phi(b) - Phi(a)) + sqrt(v) (phi(a) - phi(b))
         + 1 - Phi(b)`` with ``a = -m / sqrt(v)``, ``b = (1 - m) / sqrt(v)``; and
         ``E[Phi((Y - 1/2) / w)] = Phi((m - 1/2) / sqrt(w^2 + v))``.
@@ -159,18 +161,6 @@ class GaussianSampler(DiffusionSampler):
             a, b = -m / s, (1 - m) / s
             expected = m * (ndtr(b) - ndtr(a)) + s * (_normal_pdf(a) - _normal_pdf(b)) + 1 - ndtr(b)
         return torch.as_tensor(expected)
-
-    def expected_value(self, statistic) -> np.ndarray:
-        """Exact expectation of a *linear* statistic: the statistic of :meth:`expected_image`."""
-        from mcdiff.functionals import get_statistic
-
-        stat = get_statistic(statistic)
-        if not stat.linear:
-            raise ValueError(
-                f"the exact expectation is known only for linear statistics; {stat.name!r} is not "
-                "linear (linear built-ins: brightness, pixel_mean)"
-            )
-        return stat(self.expected_image()[None])[0]
 
     def describe(self) -> dict[str, str | int | float]:
         return {
