@@ -8,7 +8,9 @@ statistic values; the runner (:mod:`mcdiff.runner`) and the executors
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,25 +53,32 @@ def evaluate_design(
     *,
     start: int = 0,
     stop: int | None = None,
+    prefetch: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistic values ``{name: (stop - start, *own_shape)}`` of evaluations ``start .. stop - 1``.
 
     By default every evaluation of the run, ``0 .. n_evals - 1``. Batches of ``batch_size``
     (rounded down to whole pairs) are cut from ``start``; ``start`` and ``stop`` must not
-    split a pair.
+    split a pair. Each batch's noise is generated on the sampler's device as the sampler
+    asks for it (:meth:`~mcdiff.designs.Design.noise`). With ``prefetch`` (by default when
+    the sampler is not on the CPU, or torch uses fewer threads than there are processors)
+    the next batch's CPU part, RQMC's Sobol' points, is computed on a second thread while
+    the current batch runs; the values are the same.
     """
     step = batch_size - batch_size % design.unit
-    spec = sampler.noise_spec
     first, last = start, n_evals if stop is None else stop
     if first % design.unit or last % design.unit:
         raise ValueError(f"addresses [{first}, {last}) split a pair of design {design.name!r}")
+    batches = [(lo, min(last, lo + step)) for lo in range(first, last, step)]
+
+    def noise_of(lo: int, hi: int):
+        return design.noise(sampler.noise_spec, seed, lo, hi, n_evals, device=sampler.device, dtype=sampler.dtype)
+
+    if prefetch is None:  # a thread of its own pays where the model leaves a processor idle
+        prefetch = sampler.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
+    noises = _one_ahead(noise_of, batches) if prefetch else (noise_of(*b) for b in batches)
     values: dict[str, np.ndarray] = {}
-    for lo in range(first, last, step):
-        hi = min(last, lo + step)
-        noise = {
-            name: torch.from_numpy(z).to(device=sampler.device, dtype=sampler.dtype)
-            for name, z in design.draw(spec, seed, lo, hi, n_evals).items()
-        }
+    for (lo, hi), noise in zip(batches, noises):
         with torch.inference_mode():
             images = sampler(noise)
         _check_images(images, hi - lo, sampler)
@@ -92,3 +101,14 @@ def evaluate_design(
             values[stat.name][lo - first : hi - first] = batch
         on_batch(hi - lo)
     return values
+
+
+def _one_ahead(make: Callable, arguments: Sequence[tuple]) -> Iterator:
+    """``make(*a)`` for each ``a`` in order, each made on a second thread while the one before is used."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcdiff-noise") as pool:
+        future = pool.submit(make, *arguments[0]) if arguments else None
+        for k in range(len(arguments)):
+            made = future.result()
+            if k + 1 < len(arguments):
+                future = pool.submit(make, *arguments[k + 1])
+            yield made

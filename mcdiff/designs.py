@@ -1,9 +1,23 @@
 """Noise designs: how the standard-normal noise of each model evaluation is drawn.
 
-A design turns ``(seed, design, address)`` into the noise of one evaluation, for every named
-noise component a sampler declares (``{"x_T": (C, H, W), "steps": (T, C, H, W)}``). Noise is
-a pure function of those three things, so reruns, resumed runs and any split of the work
-into batches or shards give bit-identical draws. Every evaluation is marginally N(0, I).
+A design turns ``(seed, design, address, component, step)`` into the noise of one evaluation,
+for every named noise component a sampler declares (``{"x_T": (C, H, W), "steps": (T, C, H, W)}``).
+Noise is a pure function of those five things, so reruns, resumed runs and any split of the
+work into batches or shards give bit-identical draws. Every evaluation is marginally N(0, I).
+
+:meth:`Design.noise` hands a sampler the noise of one batch as a :class:`~mcdiff.noise.Noise`
+that generates each component on the sampler's device when the sampler asks for it: the
+initial noise before the first step, each step's injected noise at that step, so memory is
+O(batch x one image) whatever the number of steps. Pseudo-random coordinates come from
+Philox4x32-10 keyed by ``(seed, design, stream)`` with the counter ``(position, step,
+component)`` (:func:`mcdiff.noise.standard_normal`); RQMC's Sobol' coordinates, the small part
+(at most :data:`SOBOL_MAX_DIM` per evaluation), are computed once per batch on the CPU.
+
+What is identical where: the 32-bit Philox words are integer arithmetic and the same on every
+device; the normals made from them (``log``, ``cos``, ``sin``) and the inverse DCT are
+bit-identical for any batch, block, executor, resume or shard *on one device type*, and agree
+between CPU and GPU to a few float32 ulps (about 1e-6), not bit for bit. Sobol' coordinates
+are computed in float64 on the CPU everywhere, then cast.
 
 Each evaluation also carries a *group id*: the unit the estimator averages before it forms
 a confidence interval (an evaluation for plain MC, a pair for antithetic sampling, a
@@ -21,18 +35,18 @@ name           class                        group
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import fft
+import torch
 from scipy.special import ndtri
 from scipy.stats import qmc
 
-NoiseSpec = Mapping[str, tuple[int, ...]]
-"""Per-evaluation noise shapes by component name, as a sampler declares them."""
+from mcdiff.noise import Noise, NoiseSpec, _mix64, component_id, key_words, standard_normal, stream_keys
 
 SOBOL_MAX_DIM = 21201
 """The largest dimension of scipy's Sobol' direction numbers."""
@@ -71,16 +85,6 @@ def noise_dim(spec: NoiseSpec) -> int:
     return sum(math.prod(shape) for shape in spec.values())
 
 
-def _split(flat: np.ndarray, spec: NoiseSpec) -> dict[str, np.ndarray]:
-    """Cut ``(B, D)`` flat noise into components ``{name: (B, *shape)}`` in declared order."""
-    out, start = {}, 0
-    for name, shape in spec.items():
-        size = math.prod(shape)
-        out[name] = flat[:, start : start + size].reshape(len(flat), *shape)
-        start += size
-    return out
-
-
 class Design(ABC):
     """A rule for drawing the noise of evaluations ``0 .. n_evals - 1``.
 
@@ -100,22 +104,50 @@ class Design(ABC):
         """Group id of every evaluation, shape ``(n_evals,)``; groups are equally sized."""
 
     @abstractmethod
-    def _draw_flat(self, dim: int, seed: int, start: int, stop: int, n_evals: int) -> np.ndarray:
-        """Flat noise ``(stop - start, dim)`` of evaluations ``start .. stop - 1``."""
+    def _streams(self, seed: int, addresses: np.ndarray, n_evals: int) -> Streams:
+        """The pseudo-random streams of ``addresses`` (:class:`Streams`)."""
 
-    def draw(
-        self, spec: NoiseSpec, seed: int, start: int, stop: int, n_evals: int
-    ) -> dict[str, np.ndarray]:
-        """Noise of evaluations ``start .. stop - 1`` of a run of ``n_evals``.
+    def _leading(self, dim: int, seed: int, addresses: np.ndarray, n_evals: int) -> np.ndarray | None:
+        """Normals ``(len(addresses), lead)`` of the leading coordinates, or ``None`` (all pseudo-random)."""
+        return None
 
-        Returns ``{name: array (stop - start, *shape)}`` of float64 for every component of
-        ``spec``. The result depends only on ``(seed, design, address)``.
+    def _basis(self, dim: int) -> str:
+        """``"pixel"`` or ``"dct"``: the coordinates :meth:`_leading` is laid on."""
+        return "pixel"
+
+    def noise(
+        self,
+        spec: NoiseSpec,
+        seed: int,
+        start: int,
+        stop: int,
+        n_evals: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float64,
+    ) -> DesignNoise:
+        """The noise of evaluations ``start .. stop - 1`` of a run of ``n_evals``, drawn when asked.
+
+        Returns a :class:`~mcdiff.noise.Noise` whose components are generated on ``device``
+        in ``dtype`` when a sampler reads them (``noise[name]`` or ``noise.step(name, i)``);
+        only the leading Sobol' coordinates of RQMC designs are computed here, on the CPU.
+        The values depend only on ``(seed, design, address, component, step)`` and ``dtype``.
         """
         seed = check_seed(seed)
         self.check_n(n_evals)
         if not 0 <= start <= stop <= n_evals:
             raise ValueError(f"addresses [{start}, {stop}) are outside [0, {n_evals})")
-        return _split(self._draw_flat(noise_dim(spec), seed, start, stop, n_evals), spec)
+        return DesignNoise(self, spec, seed, start, stop, n_evals, torch.device(device), dtype)
+
+    def draw(
+        self, spec: NoiseSpec, seed: int, start: int, stop: int, n_evals: int
+    ) -> dict[str, np.ndarray]:
+        """All noise of evaluations ``start .. stop - 1``: ``{name: array (stop - start, *shape)}``.
+
+        Float64 on the CPU, the same values as :meth:`noise` gives there; for looking at
+        draws, not for sampling (it holds the whole noise path).
+        """
+        noise = self.noise(spec, seed, start, stop, n_evals)
+        return {name: noise[name].numpy() for name in spec}
 
     def describe(self, spec: NoiseSpec) -> str:
         """One line saying how the noise of ``spec`` is drawn (stored in results)."""
@@ -178,9 +210,8 @@ class MonteCarlo(Design):
         self.check_n(n_evals)
         return np.arange(n_evals)
 
-    def _draw_flat(self, dim, seed, start, stop, n_evals):
-        tag = _TAGS[self.name]
-        return np.stack([_rng(seed, tag, a).standard_normal(dim) for a in range(start, stop)])
+    def _streams(self, seed, addresses, n_evals):
+        return Streams(stream_keys(seed, _TAGS[self.name], addresses))
 
 
 class Antithetic(Design):
@@ -205,11 +236,11 @@ class Antithetic(Design):
         self.check_n(n_evals)
         return np.arange(n_evals) // 2
 
-    def _draw_flat(self, dim, seed, start, stop, n_evals):
-        tag = _TAGS[self.name]
-        addresses = np.arange(start, stop)
-        pairs = {j: _rng(seed, tag, j).standard_normal(dim) for j in np.unique(addresses // 2)}
-        return np.stack([pairs[a // 2] * (1.0 if a % 2 == 0 else -1.0) for a in addresses])
+    def _streams(self, seed, addresses, n_evals):
+        pairs = addresses // 2
+        first = int(pairs[0]) if len(pairs) else 0
+        keys = stream_keys(seed, _TAGS[self.name], np.arange(first, first + len(np.unique(pairs))))
+        return Streams(keys, pairs - first, addresses % 2 == 1)
 
 
 class SobolRQMC(Design):
@@ -389,34 +420,33 @@ class SobolRQMC(Design):
             text += f"; the other {dim - lead} are {kind}"
         return text
 
-    def draw(self, spec, seed, start, stop, n_evals):
-        noise = super().draw(spec, seed, start, stop, n_evals)
-        if self._resolved_basis(noise_dim(spec)) == "dct":
-            noise = {name: _from_dct_coordinates(z) for name, z in noise.items()}
-        return noise
+    def _basis(self, dim: int) -> str:
+        return self._resolved_basis(dim)
 
-    def _draw_flat(self, dim, seed, start, stop, n_evals):
+    def _points(self, addresses: np.ndarray, n_evals: int) -> tuple[np.ndarray, np.ndarray]:
+        """Global point numbers of ``addresses`` (``replicate · 2^m + k``), and which are reflections."""
+        return addresses // self.unit, (addresses % 2 == 1) & self.antithetic
+
+    def _streams(self, seed, addresses, n_evals):
+        points, reflected = self._points(addresses, n_evals)
+        first = int(points[0]) if len(points) else 0
+        unique = np.arange(first, first + len(np.unique(points)))
+        per_replicate = self.points_per_replicate(n_evals)
+        keys = stream_keys(seed, _TAGS[self.name], unique // per_replicate, 1, unique % per_replicate)
+        return Streams(keys, points - first, reflected)
+
+    def _leading(self, dim, seed, addresses, n_evals):
         tag = _TAGS[self.name]
         lead = min(dim, self.max_dim)
-        per_replicate = self.points_per_replicate(n_evals) * self.unit
-        out = np.empty((stop - start, dim))
-        a = start
-        while a < stop:
-            r, offset = divmod(a, per_replicate)
-            b = min(stop, (r + 1) * per_replicate)
-            first, last = offset // self.unit, (b - 1 - r * per_replicate) // self.unit
-            u = self._unit_points(lead, _rng(seed, tag, r, 0), first, last - first + 1)
-            z = np.empty((last - first + 1, dim))
-            z[:, :lead] = ndtri(u)
-            for k in range(first, last + 1):
-                if lead < dim:
-                    z[k - first, lead:] = _rng(seed, tag, r, 1, k).standard_normal(dim - lead)
-            addresses = np.arange(a, b) - r * per_replicate
-            points = z[addresses // self.unit - first]
-            if self.antithetic:
-                points[addresses % 2 == 1] *= -1.0
-            out[a - start : b - start] = points
-            a = b
+        per_replicate = self.points_per_replicate(n_evals)
+        points, reflected = self._points(addresses, n_evals)
+        out = np.empty((len(addresses), lead))
+        for r in np.unique(points // per_replicate):
+            rows = np.flatnonzero(points // per_replicate == r)
+            k = points[rows] - r * per_replicate
+            u = self._unit_points(lead, _rng(seed, tag, int(r), 0), int(k[0]), int(k[-1] - k[0] + 1))
+            out[rows] = ndtri(u)[k - k[0]]
+        out[reflected] *= -1.0
         return out
 
     def _unit_points(self, dim: int, rng: np.random.Generator, first: int, count: int) -> np.ndarray:
@@ -437,13 +467,6 @@ class SobolRQMC(Design):
                 ints = (engine.random(count) * 2.0**_SOBOL_BITS).astype(np.uint64)
                 u = _nested_scramble(ints, key) * 2.0**-_SOBOL_BITS
         return u + 2.0 ** -(_SOBOL_BITS + 1)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser: a bijection of uint64 that mixes every input bit into all outputs."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
 
 
 def _nested_scramble(points: np.ndarray, key: int) -> np.ndarray:
@@ -485,29 +508,182 @@ def _nested_scramble(points: np.ndarray, key: int) -> np.ndarray:
     return points ^ flips
 
 
-def _frequency_order(shape: tuple[int, ...]) -> np.ndarray:
-    """Flat indices of a component's DCT coefficients, lowest spatial frequency first.
+@dataclass(frozen=True)
+class Streams:
+    """The pseudo-random streams of a batch: evaluation ``b`` reads stream ``index[b]``, negated if ``negate[b]``.
 
-    The last two axes are spatial (one for 1-d noise); ties keep flat order (step, channel).
+    ``keys`` ``(U,)`` are the 64-bit Philox keys of the distinct streams (an antithetic pair
+    shares one); ``index`` ``(B,)`` defaults to one stream per evaluation, ``negate`` to none.
     """
-    if len(shape) == 0:
-        return np.zeros(1, dtype=int)
-    grids = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
-    frequency = sum(g for g in grids[-2:])
-    return np.argsort(frequency.ravel(), kind="stable")
+
+    keys: np.ndarray
+    index: np.ndarray | None = None
+    negate: np.ndarray | None = None
 
 
-def _from_dct_coordinates(coefficients: np.ndarray) -> np.ndarray:
-    """Pixel noise ``(B, *shape)`` from DCT coefficients listed low frequency first.
+def _frame_layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
+    """Per-step frame shape and frame count of a component: frames are its last three axes.
 
-    ``coefficients.reshape(B, -1)[:, i]`` is the coefficient of the i-th lowest frequency;
-    the inverse orthonormal DCT-II over the spatial axes maps N(0, I) to N(0, I).
+    A component ``(T, C, H, W)`` is ``T`` frames ``(C, H, W)``, drawn one at a time; one of
+    three axes or fewer is a single frame.
     """
-    batch, shape = coefficients.shape[0], coefficients.shape[1:]
-    grid = np.empty((batch, math.prod(shape)))
-    grid[:, _frequency_order(shape)] = coefficients.reshape(batch, -1)
-    axes = tuple(range(1, len(shape) + 1))[-2:]
-    return fft.idctn(grid.reshape(batch, *shape), type=2, axes=axes, norm="ortho")
+    frame = tuple(shape[-3:])
+    return frame, math.prod(shape[:-3])
+
+
+def _coordinate_ranks(shape: tuple[int, ...], basis: str) -> tuple[np.ndarray, np.ndarray]:
+    """Rank of every coordinate of frame ``f`` in the component's coordinate order: ``base + f · stride``.
+
+    ``"pixel"``: the flat index. ``"dct"``: the position of the coefficient when the
+    component's coefficients are listed lowest spatial frequency ``h + w`` first (over its
+    last two axes), ties in flat order (step, channel, h). With ``P`` positions before the
+    spatial axes and ``N(f)``, ``M(f)`` the numbers of ``(h, w)`` with ``h + w < f``,
+    ``h + w = f``, coefficient ``(o, h, w)`` has rank ``P N(h + w) + o M(h + w) + h - h_min``.
+
+    Returns
+    -------
+    base, stride : int64 arrays of the frame's shape
+    """
+    frame, _ = _frame_layout(shape)
+    size = math.prod(frame)
+    if basis == "pixel" or len(shape) < 2:
+        return np.arange(size).reshape(frame), np.full(frame, size)
+    height, width = shape[-2:]
+    h, w = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    frequency = (h + w).ravel()
+    per_frequency = np.bincount(frequency, minlength=height + width - 1)
+    below = np.concatenate([[0], np.cumsum(per_frequency)[:-1]])
+    h_min = np.maximum(0, np.arange(height + width - 1) - (width - 1))
+    outer, outer_per_frame = math.prod(shape[:-2]), math.prod(frame[:-2])
+    within = (h.ravel() - h_min[frequency]).reshape(height, width)
+    count, first = per_frequency[frequency].reshape(height, width), below[frequency].reshape(height, width)
+    channel = np.arange(outer_per_frame).reshape(*frame[:-2], 1, 1)
+    return outer * first + channel * count + within, np.broadcast_to(outer_per_frame * count, frame).copy()
+
+
+def _inverse_dct(coefficients: torch.Tensor, axes: int) -> torch.Tensor:
+    """Orthonormal inverse DCT-II of the last ``axes`` (1 or 2) axes: maps N(0, I) to N(0, I).
+
+    ``x_n = sum_k s_k c_k cos(pi (2n + 1) k / 2N)`` with ``s_0 = sqrt(1/N)``, ``s_k = sqrt(2/N)``,
+    summed term by term in ``k`` order with elementwise operations on the tensor's own device,
+    so that each value is the same whatever the batch (a matrix product's summation order
+    may depend on its shape).
+    """
+    for axis in range(-axes, 0):
+        moved = torch.movedim(coefficients, axis, -1)
+        basis = _dct_matrix(moved.shape[-1], moved.device, moved.dtype)
+        out = moved[..., :1] * basis[0]
+        for k in range(1, moved.shape[-1]):
+            out += moved[..., k : k + 1] * basis[k]
+        coefficients = torch.movedim(out, -1, axis)
+    return coefficients
+
+
+@functools.lru_cache(maxsize=16)
+def _dct_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The orthonormal DCT-II matrix ``(k, n)``: row ``k`` is ``s_k cos(pi (2n + 1) k / 2N)``."""
+    k = np.arange(n)
+    basis = np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * np.sqrt(2 / n)
+    basis[0] /= np.sqrt(2)
+    return torch.from_numpy(basis).to(device=device, dtype=dtype)
+
+
+CHUNK_VALUES = 2**17
+"""Noise values per batch that :class:`DesignNoise` generates at once when a sampler steps through time."""
+
+
+class DesignNoise(Noise):
+    """The noise of a batch of addresses under one design, generated when a sampler asks for it.
+
+    Made by :meth:`Design.noise`. Pseudo-random values come from Philox streams keyed by the
+    design (:class:`Streams`); the leading Sobol' coordinates of RQMC designs, computed when
+    this object is made, replace their share of them; the DCT basis is undone last.
+
+    ``noise.step("steps", i)`` generates the frames of steps ``i, i + 1, ...`` together, as
+    many as fill :data:`CHUNK_VALUES` values for the batch (one step when a step alone is
+    larger), keeps them until a step outside them is asked for, and hands out step ``i``:
+    memory is bounded by one chunk, whatever the number of steps, and small batches pay
+    the per-operation cost of the generator once a chunk instead of once a step.
+    """
+
+    def __init__(self, design, spec, seed, start, stop, n_evals, device, dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"noise dtype must be floating point, got {dtype}")
+        self.spec = {name: tuple(int(s) for s in shape) for name, shape in spec.items()}
+        self.device, self.dtype, self.batch = device, dtype, stop - start
+        dim = noise_dim(self.spec)
+        addresses = np.arange(start, stop)
+        self.streams = design._streams(seed, addresses, n_evals)
+        self.basis = design._basis(dim)
+        self._leading_values = design._leading(dim, seed, addresses, n_evals)
+        self._leading_tensor: torch.Tensor | None = None
+        self._ranks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        offsets = np.cumsum([0] + [math.prod(s) for s in self.spec.values()])
+        self._offsets = dict(zip(self.spec, offsets.tolist()))
+        self._key = key_words(self.streams.keys, device)
+        self._chunk: tuple[str, int, torch.Tensor] | None = None
+        self._index = None if self.streams.index is None else torch.from_numpy(self.streams.index).to(device)
+        self._sign = (
+            None
+            if self.streams.negate is None or not self.streams.negate.any()
+            else torch.from_numpy(np.where(self.streams.negate, -1.0, 1.0)).to(device=device, dtype=dtype)
+        )
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        shape = self._shape(name)
+        _, count = _frame_layout(shape)
+        return self._frames(name, np.arange(count)).reshape(self.batch, *shape)
+
+    def step(self, name: str, index: int) -> torch.Tensor:
+        shape = self._shape(name)
+        if len(shape) < 4:
+            return super().step(name, index)
+        if not 0 <= index < shape[0]:
+            raise IndexError(f"noise component {name!r} of shape {shape} has no step {index}")
+        per_step = math.prod(shape[1:-3])
+        first, last = index * per_step, (index + 1) * per_step
+        held, start, frames = self._chunk or (None, 0, None)
+        if held != name or not start <= first < last <= start + frames.shape[1]:
+            _, count = _frame_layout(shape)
+            ahead = max(last - first, CHUNK_VALUES // (self.batch * math.prod(shape[-3:])))
+            start, frames = first, self._frames(name, np.arange(first, min(count, first + ahead)))
+            self._chunk = (name, start, frames)
+        return frames[:, first - start : last - start].reshape(self.batch, *shape[1:])
+
+    def _frames(self, name: str, frames: np.ndarray) -> torch.Tensor:
+        """Frames ``frames`` of component ``name``: ``(B, len(frames), *frame)``."""
+        shape = self.spec[name]
+        frame, _ = _frame_layout(shape)
+        size = math.prod(frame)
+        lead = 0 if self._leading_values is None else self._leading_values.shape[1]
+        rank = None
+        if lead:
+            if name not in self._ranks:
+                self._ranks[name] = tuple(r.reshape(1, -1) for r in _coordinate_ranks(shape, self.basis))
+            base, stride = self._ranks[name]
+            rank = self._offsets[name] + base + frames[:, None] * stride
+        if rank is not None and (rank < lead).all():
+            z = torch.empty((self.batch, len(frames), size), device=self.device, dtype=self.dtype)
+        else:
+            z = standard_normal(self._key, component_id(name), torch.from_numpy(frames), size, self.dtype)
+            if self._index is not None:
+                z = z[self._index]
+            if self._sign is not None:
+                z = z * self._sign[:, None, None]
+        if rank is not None and (rank < lead).any():
+            chosen = rank < lead
+            sobol = self._leading()[:, torch.from_numpy(rank[chosen]).to(self.device)]
+            z[:, torch.from_numpy(chosen).to(self.device)] = sobol
+        z = z.reshape(self.batch, len(frames), *frame)
+        if self.basis == "dct" and len(shape):
+            z = _inverse_dct(z, min(len(shape), 2))
+        return z
+
+    def _leading(self) -> torch.Tensor:
+        """The leading Sobol' coordinates ``(B, lead)`` on the device, moved there on first use."""
+        if self._leading_tensor is None:
+            self._leading_tensor = torch.from_numpy(self._leading_values).to(device=self.device, dtype=self.dtype)
+        return self._leading_tensor
 
 
 DESIGN_NAMES = ("mc", "amc", "rqmc", "amc-rqmc")

@@ -32,6 +32,7 @@ from mcdiff.designs import Design, check_seed, get_design
 from mcdiff.estimators import check_confidence, summarize
 from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo
 from mcdiff.functionals import Statistic, get_statistic
+from mcdiff.noise import GENERATOR
 from mcdiff.results import build_result, mcdiff_version
 from mcdiff.store import ResultStore
 
@@ -235,13 +236,18 @@ def _meets_target(
 
 
 def _fingerprint(info: ModelInfo, seed: int, layouts: Sequence[Design], stats: Sequence[Statistic]) -> dict:
-    """What determines every stored value: model, seed, address layout, statistics, version."""
+    """What determines every stored value: model, seed, address layout, statistics, noise, version.
+
+    A store made by another noise generator (mcdiff < 0.2 drew all noise with numpy on the
+    CPU) differs in ``noise_generator`` and ``mcdiff_version``, and is refused by name.
+    """
     return {
         "model": info.settings,
         "seed": seed,
         "designs": {d.name: repr(d) for d in layouts},
         "statistics": [s.name for s in stats],
         "noise_spec": info.noise_spec,
+        "noise_generator": GENERATOR,
         "mcdiff_version": mcdiff_version(),
     }
 

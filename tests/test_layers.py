@@ -14,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mcdiff"
 # Lower ranks may not import higher ones. Equal ranks may import each other, as long as the
 # graph has no circle.
 RANK = {
+    "mcdiff.noise": 0,
     "mcdiff.designs": 0,
     "mcdiff.data": 0,
     "mcdiff.samplers": 1,
@@ -53,12 +54,13 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def rank(module: str) -> int:
-    """The rank of a module, or of the package (``mcdiff.samplers``) it belongs to."""
-    while module not in RANK:
-        if "." not in module:
+    """The rank of a module, or of the subpackage (``mcdiff.samplers``) it belongs to."""
+    name = module
+    while name not in RANK:
+        if name.count(".") < 2:
             raise KeyError(module)
-        module = module.rsplit(".", 1)[0]
-    return RANK[module]
+        name = name.rsplit(".", 1)[0]
+    return RANK[name]
 
 
 def find_circle(graph: dict[str, set[str]]) -> list[str] | None:

@@ -181,7 +181,14 @@ def test_fingerprint_records_what_produced_the_values(tmp_path):
         "designs",
         "statistics",
         "noise_spec",
+        "noise_generator",
         "mcdiff_version",
     }
+    # a store of mcdiff 0.1 (numpy noise on the CPU) had neither this generator nor this version
+    new = {k: v for k, v in fingerprint.items() if k != "format"}
+    old = {k: v for k, v in new.items() if k != "noise_generator"}
+    ResultStore.open(tmp_path / "old", {**old, "mcdiff_version": "0.1.0"})
+    with pytest.raises(ValueError, match=r"(?s)mcdiff_version: stored .0\.1\.0.*noise_generator: stored null"):
+        ResultStore.open(tmp_path / "old", new)
     store = ResultStore.open(tmp_path / "s", {k: v for k, v in fingerprint.items() if k != "format"})
     assert store.done("amc-rqmc") == [(start, start + 32) for start in range(0, 256, 32)]

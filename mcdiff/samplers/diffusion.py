@@ -11,6 +11,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from mcdiff.noise import Noise, as_noise
 from mcdiff.samplers.base import Sampler
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {"DDIMScheduler": DDIMScheduler, "DDPMScheduler": DDPMScheduler}
@@ -344,12 +345,16 @@ class DiffusionSampler(Sampler):
             spec["steps"] = (self.num_inference_steps, *self.image_shape)
         return spec
 
-    def trajectory(self, noise: dict[str, torch.Tensor]) -> Iterator[tuple]:
-        """Yield ``(t, x_t, eps(x_t, t))`` at every step, then ``(None, x_0, None)``."""
+    def trajectory(self, noise: Noise | dict[str, torch.Tensor]) -> Iterator[tuple]:
+        """Yield ``(t, x_t, eps(x_t, t))`` at every step, then ``(None, x_0, None)``.
+
+        Step ``i``'s injected noise is read as ``noise.step("steps", i)`` at that step.
+        """
+        noise = as_noise(noise)
         scheduler = self.scheduler
         x = self.prior_mean + scheduler.init_noise_sigma * noise["x_T"]
         for i, t in enumerate(scheduler.timesteps):
-            eps, x_prev = self._transition(i, t, x, noise["steps"][:, i] if self.stochastic else None)
+            eps, x_prev = self._transition(i, t, x, noise.step("steps", i) if self.stochastic else None)
             yield t, x, eps
             x = x_prev
         yield None, x, None
@@ -368,7 +373,7 @@ class DiffusionSampler(Sampler):
             return ddpm_step(self.scheduler, eps, index, x, step_noise)
         return self.scheduler.step(eps, t, x, eta=self.eta, variance_noise=step_noise).prev_sample
 
-    def sample(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+    def sample(self, noise: Noise) -> torch.Tensor:
         *_, (_, x0, _) = self.trajectory(noise)
         images = (x0 + 1) / 2
         return images.clamp(0, 1) if self.clip_output else images

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
+from mcdiff.noise import Noise
 from mcdiff.samplers.base import Sampler
 
 
@@ -30,7 +31,8 @@ class FunctionSampler(Sampler):
     Parameters
     ----------
     fn : callable
-        ``fn(noise: dict[str, tensor (B, *shape)]) -> tensor (B, C, H, W)`` in [0, 1].
+        ``fn(noise) -> tensor (B, C, H, W)`` in [0, 1], where ``noise[name]`` is a tensor
+        ``(B, *shape)`` (a :class:`~mcdiff.noise.Noise`; ``noise.step(name, i)`` reads one step).
     noise_spec : mapping
         Per-evaluation noise shapes by component name, e.g. ``{"x_T": (3, 32, 32)}``.
     image_shape : (C, H, W)
@@ -80,7 +82,7 @@ class FunctionSampler(Sampler):
     def noise_spec(self) -> dict[str, tuple[int, ...]]:
         return dict(self._noise_spec)
 
-    def sample(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+    def sample(self, noise: Noise) -> torch.Tensor:
         return self.fn(noise)
 
     def describe(self) -> dict[str, str | int | float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from mcdiff.noise import Noise, as_noise
 from mcdiff.samplers.diffusion import DiffusionSampler
 
 
@@ -99,8 +100,9 @@ class ProbabilisticOffsetSampler(DiffusionSampler):
         spec = super().noise_spec
         return {"x_T": spec.pop("x_T"), "offset": (self.image_shape[0], 1, 1), **spec}
 
-    def trajectory(self, noise: dict[str, torch.Tensor]):
+    def trajectory(self, noise: Noise | dict[str, torch.Tensor]):
         """Yield ``(t, x_t, eps_theta(x_t, t))`` at every step, then ``(None, x_0, None)``."""
+        noise = as_noise(noise)
         scheduler = self.scheduler
         xi = noise["offset"]
         y = self.prior_mean + scheduler.init_noise_sigma * noise["x_T"]
@@ -108,7 +110,7 @@ class ProbabilisticOffsetSampler(DiffusionSampler):
             x = y + self._shift[i] * xi
             eps = self._eps(scheduler.scale_model_input(x, t), t)
             yield t, x, eps
-            step_noise = noise["steps"][:, i] if self.eta > 0 else None
+            step_noise = noise.step("steps", i) if self.eta > 0 else None
             eps_hat = eps - self._w_psi[i] * xi
             y = scheduler.step(eps_hat, t, y, eta=self.eta, variance_noise=step_noise).prev_sample
         yield None, y, None

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from mcdiff.noise import Noise
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.diffusion import check_num_inference_steps
 
@@ -134,7 +135,7 @@ class PipelineSampler(Sampler):
     def noise_spec(self) -> dict[str, tuple[int, ...]]:
         return {"x_T": self.latent_shape}
 
-    def sample(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
+    def sample(self, noise: Noise) -> torch.Tensor:
         latents = noise["x_T"].to(device=self.device, dtype=self.dtype)
         return self.pipe(
             prompt=self.prompt,
