@@ -57,8 +57,8 @@ RUNS = (("DDIM", DDIMScheduler, 50), ("DDPM", DDPMScheduler, 1000))
 
 def _unet(config: str, size: int, device: torch.device, dtype: torch.dtype) -> UNet2DModel:
     torch.manual_seed(0)  # random weights: the cost of a forward pass does not depend on them
-    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, **CONFIGS[config])
-    return unet.eval().to(device=device, dtype=dtype)
+    unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, **CONFIGS[config]).eval()
+    return unet if (device.type, dtype) == ("cpu", torch.float32) else unet.to(device=device, dtype=dtype)
 
 
 def _plain_loop(unet, scheduler, steps, batch, shape, device, dtype) -> None:

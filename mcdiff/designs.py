@@ -572,9 +572,9 @@ def _inverse_dct(coefficients: torch.Tensor, axes: int) -> torch.Tensor:
     for axis in range(-axes, 0):
         moved = torch.movedim(coefficients, axis, -1)
         basis = _dct_matrix(moved.shape[-1], moved.device, moved.dtype)
-        out = moved[..., :1] * basis[0]
-        for k in range(1, moved.shape[-1]):
-            out += moved[..., k : k + 1] * basis[k]
+        out = torch.zeros_like(moved)
+        for k in range(moved.shape[-1]):
+            out.addcmul_(moved[..., k : k + 1], basis[k])
         coefficients = torch.movedim(out, -1, axis)
     return coefficients
 
