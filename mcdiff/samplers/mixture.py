@@ -193,7 +193,7 @@ class GaussianMixtureSampler(DiffusionSampler):
     >>> sampler.image_shape, sampler.n_components
     ((1, 8, 8), 10)
     >>> round(float(mcdiff.exact_expectation(sampler, "brightness")), 4)
-    0.3049
+    0.3053
     """
 
     OUTPUTS = OUTPUTS
