@@ -72,6 +72,8 @@ BENCHMARKS = (
                "--out", f"{OUTPUT}/offset-study"), 650),
     Benchmark("dps_inpainting", ("--output", OUTPUT),
               ("--steps", "10", "-n", "64", "--repeats", "1", "--output", OUTPUT), 607),
+    Benchmark("mixture_bias", ("--output", OUTPUT), ("--n-evals", "4096", "--steps", "10", "20", "--output", OUTPUT),
+              214),
 )
 """Every benchmark; one whose script is absent from this checkout is listed as skipped."""
 

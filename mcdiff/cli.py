@@ -13,13 +13,13 @@ from mcdiff.diagnostics import diagnose, format_report, load_lpips, save_figures
 from mcdiff.executors import DaskExecutor
 from mcdiff.functionals import BUILTIN
 from mcdiff.inverse import MASKS, InpaintingProblem, make_mask
-from mcdiff.models import BUNDLED, load_model
+from mcdiff.models import ANALYTIC, BUNDLED, load_model
 from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity
 from mcdiff.results import format_levels, format_table, save_result
 from mcdiff.runner import estimate
 from mcdiff.samplers.dps import check_zeta
 
-MODELS = ("gaussian", *BUNDLED)
+MODELS = (*ANALYTIC, *BUNDLED)
 MODEL_HELP = f"{', '.join(MODELS)}, or a diffusers model directory"
 
 

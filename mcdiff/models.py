@@ -8,10 +8,15 @@ from pathlib import Path
 
 from mcdiff.samplers.diffusion import DiffusionSampler
 from mcdiff.samplers.gaussian import GaussianSampler
+from mcdiff.samplers.mixture import GaussianMixtureSampler
 from mcdiff.samplers.offset import ProbabilisticOffsetSampler
 
 BUNDLED = ("digits",)
 """Names of the models shipped in ``mcdiff/weights/``."""
+
+ANALYTIC = ("gaussian", "mixture")
+"""Models with an exact score and known answers: :class:`GaussianSampler` and the digits
+preset of :class:`GaussianMixtureSampler`."""
 
 
 def bundled_path(name: str = "digits") -> Path:
@@ -24,7 +29,7 @@ def bundled_path(name: str = "digits") -> Path:
 def load_model(
     model: str | Path, num_inference_steps: int = 20, scheduler: str | None = "DDIMScheduler", **kwargs
 ) -> DiffusionSampler:
-    """The sampler for ``"gaussian"`` (analytic), a bundled model name, or a model directory.
+    """The sampler for an analytic model (``"gaussian"``, ``"mixture"``), a bundled model name, or a model directory.
 
     Directories are loaded with :meth:`DiffusionSampler.from_pretrained`; a model trained with
     the ``probabilistic-offset`` objective (read from its ``training.json``) becomes a
@@ -33,7 +38,8 @@ def load_model(
     Parameters
     ----------
     model : str or Path
-        ``"gaussian"``, a name in :data:`BUNDLED`, or a diffusers model directory.
+        ``"gaussian"`` (:class:`GaussianSampler`), ``"mixture"`` (the ``"digits"`` preset of
+        :class:`GaussianMixtureSampler`), a name in :data:`BUNDLED`, or a diffusers model directory.
     num_inference_steps : int
         Sampling steps.
     scheduler : str or None
@@ -44,10 +50,14 @@ def load_model(
     """
     if str(model) == "gaussian":
         return GaussianSampler(num_inference_steps=num_inference_steps, scheduler=scheduler or "DDIMScheduler", **kwargs)
+    if str(model) == "mixture":
+        return GaussianMixtureSampler.preset(
+            "digits", num_inference_steps=num_inference_steps, scheduler=scheduler or "DDIMScheduler", **kwargs
+        )
     path = bundled_path(str(model)) if str(model) in BUNDLED else Path(model)
     if not path.is_dir():
         raise ValueError(
-            f"model must be 'gaussian', a bundled model ({', '.join(BUNDLED)}) or a diffusers model "
+            f"model must be 'gaussian', 'mixture', a bundled model ({', '.join(BUNDLED)}) or a diffusers model "
             f"directory; {str(model)!r} is none of these"
         )
     record_path = path / "training.json"

@@ -34,24 +34,31 @@ LEVELS = (0.8, 0.9, 0.95, 0.99)
 STATS = ("brightness", "pixel_mean")
 
 
-def study(output: str, n_evals: int, repeats: int) -> list[tuple]:
-    """Rows ``(output, n, statistic, design, coverages, bias, bias_se, t, width_95)``.
-
-    ``coverages`` has one entry per level of :data:`LEVELS` (pixel-wise coverage averaged over
-    the 16 pixels). With ``e_r`` the error of repeat r averaged over components,
-    ``bias = mean_r e_r`` and ``bias_se = sd_r(e_r) / sqrt(R)``; ``t`` is the t-statistic of
-    the mean standardised error ``(estimate - truth) / std_error`` over repeats.
-    """
-    sampler = mcdiff.GaussianSampler(
+def gaussian_model(output: str) -> mcdiff.GaussianSampler:
+    """The analytic model of this study: 1x4x4, means 0.15 .. 0.85, std 0.25, 10 DDIM steps."""
+    return mcdiff.GaussianSampler(
         mean=np.linspace(0.15, 0.85, 16).reshape(1, 4, 4),
         std=0.25,
         image_shape=(1, 4, 4),
         num_inference_steps=10,
         output=output,
     )
+
+
+def study(
+    sampler: mcdiff.Sampler, label_of_model: str, n_evals: int, repeats: int, designs: dict = DESIGNS, batch_size: int = 256
+) -> list[tuple]:
+    """Rows ``(label_of_model, n, statistic, design, coverages, bias, bias_se, t, width_95)``.
+
+    ``sampler`` must know its exact answers (``expected_image``). ``coverages`` has one entry
+    per level of :data:`LEVELS` (pixel-wise coverage averaged over the pixels). With ``e_r``
+    the error of repeat r averaged over components, ``bias = mean_r e_r`` and
+    ``bias_se = sd_r(e_r) / sqrt(R)``; ``t`` is the t-statistic of the mean standardised
+    error ``(estimate - truth) / std_error`` over repeats.
+    """
     truth = {s: mcdiff.exact_expectation(sampler, s) for s in STATS}
-    designs = list(DESIGNS.values())
-    labels = list(DESIGNS)
+    labels = list(designs)
+    designs = list(designs.values())
     hits = {(s, d, c): [] for s in STATS for d in labels for c in LEVELS}
     errors = {(s, d): [] for s in STATS for d in labels}
     standardised = {(s, d): [] for s in STATS for d in labels}
@@ -59,7 +66,9 @@ def study(output: str, n_evals: int, repeats: int) -> list[tuple]:
     for seed in range(repeats):
         # two RQMC designs share the name "rqmc": run each design on its own
         for label, design in zip(labels, designs):
-            result = mcdiff.estimate(sampler, STATS, [design], n_evals=n_evals, seed=seed, progress=False)
+            result = mcdiff.estimate(
+                sampler, STATS, [design], n_evals=n_evals, seed=seed, batch_size=batch_size, progress=False
+            )
             draws = result["draws"].to_dataset()
             for level in LEVELS:
                 summary = summarize_draws(draws, level)
@@ -81,12 +90,29 @@ def study(output: str, n_evals: int, repeats: int) -> list[tuple]:
             z = np.array(standardised[stat, label])
             e = np.array(errors[stat, label])
             rows.append((
-                output, n_evals, stat, label,
+                label_of_model, n_evals, stat, label,
                 [float(np.mean(hits[stat, label, level])) for level in LEVELS],
                 e.mean(), e.std(ddof=1) / np.sqrt(len(e)), z.mean() / (z.std(ddof=1) / np.sqrt(len(z))),
                 float(np.mean(widths[stat, label])),
             ))
     return rows
+
+
+def format_rows(rows: list[tuple], repeats: int, model_column: str) -> list[str]:
+    """A Markdown table of :func:`study` rows; **low** marks coverage 3 binomial SE below the level."""
+    binomial = [np.sqrt(level * (1 - level) / repeats) for level in LEVELS]
+    header = (
+        f"| {model_column} | n | statistic | design | "
+        + " | ".join(f"coverage {level:.2f} (± {se:.3f})" for level, se in zip(LEVELS, binomial))
+        + " | bias ± SE | t of error / SE | mean 95% CI width |"
+    )
+    lines = [header, "|" + "---|" * (8 + len(LEVELS) - 1)]
+    for model, n, stat, design, coverages, bias, bias_se, t, width in rows:
+        cells = [f"{c:.3f}" + (" **low**" if c < level - 3 * se else "")
+                 for c, level, se in zip(coverages, LEVELS, binomial)]
+        lines.append(f"| {model} | {n} | {stat} | {design} | " + " | ".join(cells)
+                     + f" | {bias:+.1e} ± {bias_se:.1e} | {t:+.2f} | {width:.3g} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -98,19 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
-    rows = [r for out in args.outputs for n in args.sizes for r in study(out, n, args.repeats)]
-    binomial = [np.sqrt(level * (1 - level) / args.repeats) for level in LEVELS]
-    header = (
-        "| output | n | statistic | design | "
-        + " | ".join(f"coverage {level:.2f} (± {se:.3f})" for level, se in zip(LEVELS, binomial))
-        + " | bias ± SE | t of error / SE | mean 95% CI width |"
-    )
-    lines = [header, "|" + "---|" * (8 + len(LEVELS) - 1)]
-    for out, n, stat, design, coverages, bias, bias_se, t, width in rows:
-        cells = [f"{c:.3f}" + (" **low**" if c < level - 3 * se else "")
-                 for c, level, se in zip(coverages, LEVELS, binomial)]
-        lines.append(f"| {out} | {n} | {stat} | {design} | " + " | ".join(cells)
-                     + f" | {bias:+.1e} ± {bias_se:.1e} | {t:+.2f} | {width:.3g} |")
+    rows = [r for out in args.outputs for n in args.sizes for r in study(gaussian_model(out), out, n, args.repeats)]
+    lines = format_rows(rows, args.repeats, "output")
     elapsed = time.time() - start
     command = (f"python statistics/coverage.py --repeats {args.repeats} --sizes {' '.join(map(str, args.sizes))} "
                f"--outputs {' '.join(args.outputs)}")

@@ -42,17 +42,32 @@ COMBINATIONS = {
 STATS = ("brightness", "pixel_mean")
 
 
-def study(method: str, repeats: int, budget_nfe: int, pilot: int) -> list[tuple]:
-    """Rows ``(method, design, coverage brightness, coverage pixel_mean, mean NFE, efficiency)``."""
-    model = mcdiff.GaussianSampler(mean=np.linspace(0.15, 0.85, 16).reshape(1, 4, 4), std=0.25,
-                                   image_shape=(1, 4, 4), output="probit")
-    fine = model.with_steps(FIDELITIES[method][-1])
+def gaussian_model() -> mcdiff.GaussianSampler:
+    """The probit-output analytic model of this study (1x4x4, means 0.15 .. 0.85, std 0.25)."""
+    return mcdiff.GaussianSampler(mean=np.linspace(0.15, 0.85, 16).reshape(1, 4, 4), std=0.25,
+                                  image_shape=(1, 4, 4), output="probit")
+
+
+def study(
+    model: mcdiff.Sampler,
+    method: str,
+    repeats: int,
+    budget_nfe: int,
+    pilot: int,
+    fidelities: dict = FIDELITIES,
+    batch_size: int = 256,
+) -> list[tuple]:
+    """Rows ``(method, design, coverage brightness, coverage pixel_mean, mean NFE, efficiency)``.
+
+    The truth is ``exact_expectation`` of ``model.with_steps(fine)``, the finest fidelity.
+    """
+    fine = model.with_steps(fidelities[method][-1])
     truth = {s: mcdiff.exact_expectation(fine, s) for s in STATS}
     hits, nfe, efficiency = {}, {}, {}
     for seed in range(repeats):
         summary = mcdiff.estimate_multifidelity(
-            model, list(STATS), FIDELITIES[method], COMBINATIONS[method], method=method, budget_nfe=budget_nfe,
-            pilot=pilot, seed=seed, progress=False,
+            model, list(STATS), fidelities[method], COMBINATIONS[method], method=method, budget_nfe=budget_nfe,
+            pilot=pilot, seed=seed, batch_size=batch_size, progress=False,
         )["summary"]
         for design in summary["design"].values:
             for stat, exact in truth.items():
@@ -70,6 +85,19 @@ def study(method: str, repeats: int, budget_nfe: int, pilot: int) -> list[tuple]
     ]
 
 
+def format_rows(rows: list[tuple], repeats: int) -> tuple[float, list[str]]:
+    """The 3-binomial-SE tolerance and a Markdown table of :func:`study` rows."""
+    tolerance = 3 * np.sqrt(0.95 * 0.05 / repeats)
+    header = ("method", "design per level", "coverage brightness", "coverage pixel_mean (pooled)",
+              "mean NFE incl. pilot", "median rel. eff. per NFE (brightness)", "within 3 SE")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, design, brightness, pixels, nfe, eff in rows:
+        ok = abs(brightness - 0.95) < tolerance and abs(pixels - 0.95) < tolerance
+        lines.append(f"| {method} | {design} | {brightness:.3f} | {pixels:.3f} | {nfe:.0f} | {eff:.3g} | "
+                     f"{'yes' if ok else 'NO'} |")
+    return tolerance, lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=500)
@@ -78,15 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "multifidelity_coverage.md")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    rows = [row for method in ("mlmc", "cv") for row in study(method, args.repeats, args.budget_nfe, args.pilot)]
-    tolerance = 3 * np.sqrt(0.95 * 0.05 / args.repeats)
-    header = ("method", "design per level", "coverage brightness", "coverage pixel_mean (pooled)",
-              "mean NFE incl. pilot", "median rel. eff. per NFE (brightness)", "within 3 SE")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, design, brightness, pixels, nfe, eff in rows:
-        ok = abs(brightness - 0.95) < tolerance and abs(pixels - 0.95) < tolerance
-        lines.append(f"| {method} | {design} | {brightness:.3f} | {pixels:.3f} | {nfe:.0f} | {eff:.3g} | "
-                     f"{'yes' if ok else 'NO'} |")
+    model = gaussian_model()
+    rows = [row for method in ("mlmc", "cv") for row in study(model, method, args.repeats, args.budget_nfe, args.pilot)]
+    tolerance, lines = format_rows(rows, args.repeats)
     command = "python " + " ".join(shlex.quote(a) for a in ["statistics/multifidelity_coverage.py", *sys.argv[1:]])
     text = "\n".join([
         f"# Multi-fidelity coverage ({args.repeats} repeats, 95% CIs)", "", f"`{command}`", "",

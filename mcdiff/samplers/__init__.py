@@ -5,6 +5,7 @@ from mcdiff.samplers.diffusion import DiffusionSampler
 from mcdiff.samplers.dps import DPSSampler
 from mcdiff.samplers.function import FunctionSampler
 from mcdiff.samplers.gaussian import GaussianSampler
+from mcdiff.samplers.mixture import GaussianMixtureSampler
 from mcdiff.samplers.offset import ProbabilisticOffsetSampler, offset_noise_psi
 from mcdiff.samplers.pipeline import PipelineSampler
 
@@ -12,6 +13,7 @@ __all__ = [
     "DPSSampler",
     "DiffusionSampler",
     "FunctionSampler",
+    "GaussianMixtureSampler",
     "GaussianSampler",
     "PipelineSampler",
     "ProbabilisticOffsetSampler",

@@ -12,6 +12,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from mcdiff.samplers.diffusion import DiffusionSampler, predicted_original_sample
 from mcdiff.samplers.gaussian import GaussianSampler
+from mcdiff.samplers.mixture import GaussianMixtureSampler
 
 
 def check_zeta(zeta: float) -> float:
@@ -104,15 +105,16 @@ class DPSSampler(DiffusionSampler):
         """DPS on the network, scheduler and settings of ``sampler`` (which is left unchanged).
 
         ``sampler`` must run the plain DDIM or DDPM update: a :class:`DiffusionSampler` (for
-        example from :func:`~mcdiff.models.load_model`) or a :class:`GaussianSampler` with
-        output ``"affine"`` or ``"clip"``.
+        example from :func:`~mcdiff.models.load_model`), or a :class:`GaussianSampler` or
+        :class:`GaussianMixtureSampler` with output ``"affine"`` or ``"clip"``.
         """
         plain = type(sampler) is DiffusionSampler
-        analytic = isinstance(sampler, GaussianSampler) and sampler.output != "probit"
+        is_analytic = isinstance(sampler, (GaussianSampler, GaussianMixtureSampler))
+        analytic = is_analytic and sampler.output != "probit"
         if not (plain or analytic):
             raise ValueError(
                 f"DPS runs on the plain DDIM/DDPM update of a DiffusionSampler; got {type(sampler).__name__}"
-                + (f" with output={sampler.output!r}" if isinstance(sampler, GaussianSampler) else "")
+                + (f" with output={sampler.output!r}" if is_analytic else "")
             )
         return cls(sampler.unet, sampler.scheduler, operator, measurement, zeta, **sampler.settings())
 

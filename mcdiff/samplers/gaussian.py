@@ -8,6 +8,9 @@ from scipy.special import ndtr
 
 from mcdiff.samplers.diffusion import SCHEDULERS, DiffusionSampler, check_scheduler_name
 
+OUTPUTS = ("affine", "clip", "probit")
+"""Output maps of the analytic samplers, from ``Y = (x_0 + 1) / 2`` to the image (see :func:`decode`)."""
+
 
 class GaussianScore(torch.nn.Module):
     """Exact noise prediction for data ``x_0 ~ N(mu, diag(s^2))`` in model space.
@@ -62,7 +65,7 @@ class GaussianSampler(DiffusionSampler):
         ``w`` of the probit output.
     """
 
-    OUTPUTS = ("affine", "clip", "probit")
+    OUTPUTS = OUTPUTS
 
     def __init__(
         self,
@@ -75,10 +78,7 @@ class GaussianSampler(DiffusionSampler):
         output: str = "affine",
         probit_width: float = 0.25,
     ):
-        if output not in self.OUTPUTS:
-            raise ValueError(f"output must be one of {self.OUTPUTS}, got {output!r}")
-        if not probit_width > 0:
-            raise ValueError(f"probit_width must be > 0, got {probit_width}")
+        check_output(output, probit_width)
         dtype = torch.float64
         shape = tuple(int(s) for s in image_shape)
         try:
@@ -104,10 +104,7 @@ class GaussianSampler(DiffusionSampler):
         self.output, self.probit_width = output, float(probit_width)
 
     def sample(self, noise: dict[str, torch.Tensor]) -> torch.Tensor:
-        images = super().sample(noise)
-        if self.output == "probit":
-            return torch.special.ndtr((images - 0.5) / self.probit_width)
-        return images
+        return decode(super().sample(noise), self.output, self.probit_width)
 
     def with_steps(self, num_inference_steps: int) -> GaussianSampler:
         """The same data distribution and output map at another step count (a fidelity)."""
@@ -153,14 +150,7 @@ class GaussianSampler(DiffusionSampler):
         ``E[Phi((Y - 1/2) / w)] = Phi((m - 1/2) / sqrt(w^2 + v))``.
         """
         m, s = (t.numpy() for t in self.output_moments())
-        if self.output == "affine":
-            expected = m
-        elif self.output == "probit":
-            expected = ndtr((m - 0.5) / np.sqrt(self.probit_width**2 + s**2))
-        else:
-            a, b = -m / s, (1 - m) / s
-            expected = m * (ndtr(b) - ndtr(a)) + s * (_normal_pdf(a) - _normal_pdf(b)) + 1 - ndtr(b)
-        return torch.as_tensor(expected)
+        return torch.as_tensor(decoded_mean(self.output, m, s, self.probit_width))
 
     def describe(self) -> dict[str, str | int | float]:
         return {
@@ -173,3 +163,37 @@ class GaussianSampler(DiffusionSampler):
 
 def _normal_pdf(u: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * u**2) / np.sqrt(2 * np.pi)
+
+
+def check_output(output: str, probit_width: float) -> None:
+    """Raise ``ValueError`` unless ``output`` is in :data:`OUTPUTS` and ``probit_width > 0``."""
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if not probit_width > 0:
+        raise ValueError(f"probit_width must be > 0, got {probit_width}")
+
+
+def decode(images: torch.Tensor, output: str, probit_width: float) -> torch.Tensor:
+    """The output map of an analytic sampler on its images ``(B, C, H, W)``.
+
+    ``"probit"``: ``Phi((Y - 1/2) / w)``; ``"affine"`` and ``"clip"`` return ``images`` as
+    they are (the sampler's ``clip_output`` has already clamped them for ``"clip"``).
+    """
+    if output == "probit":
+        return torch.special.ndtr((images - 0.5) / probit_width)
+    return images
+
+
+def decoded_mean(output: str, m: np.ndarray, s: np.ndarray, probit_width: float) -> np.ndarray:
+    """Exact ``E[decode(Y)]`` for ``Y ~ N(m, s^2)``, elementwise, for each output map.
+
+    ``affine``: ``m``. ``clip``: ``E[clip(Y, 0, 1)] = m (Phi(b) - Phi(a)) + s (phi(a) - phi(b))
+    + 1 - Phi(b)`` with ``a = -m / s``, ``b = (1 - m) / s``. ``probit``:
+    ``E[Phi((Y - 1/2) / w)] = Phi((m - 1/2) / sqrt(w^2 + s^2))``.
+    """
+    if output == "affine":
+        return m
+    if output == "probit":
+        return ndtr((m - 0.5) / np.sqrt(probit_width**2 + s**2))
+    a, b = -m / s, (1 - m) / s
+    return m * (ndtr(b) - ndtr(a)) + s * (_normal_pdf(a) - _normal_pdf(b)) + 1 - ndtr(b)
