@@ -335,16 +335,11 @@ def test_pipeline_sampler_equals_a_direct_pipeline_call(tiny_sd):
     assert result["summary"].attrs["prompt"] == "a cat"
 
 
-def test_pipeline_sampler_refuses_noise_it_cannot_control(tiny_sd, tmp_path):
-    from diffusers import StableDiffusionPipeline
-
-    ancestral = StableDiffusionPipeline(
-        **{**tiny_sd.components, "scheduler": DDPMScheduler.from_config(tiny_sd.scheduler.config)}
-    )
-    with pytest.raises(ValueError, match="DDPMScheduler is not supported.*supported .deterministic.: DDIM"):
-        mcdiff.PipelineSampler(ancestral, prompt="a cat", num_inference_steps=3)
-    with pytest.raises(ValueError, match="eta=0.5 would make the pipeline draw step noise"):
-        mcdiff.PipelineSampler(tiny_sd, prompt="a cat", num_inference_steps=3, eta=0.5)
+def test_pipeline_sampler_refuses_what_it_cannot_run(tiny_sd, tmp_path):
+    with pytest.raises(ValueError, match="takes no class_labels|is not class-conditional"):
+        mcdiff.PipelineSampler(tiny_sd, prompt="a cat", num_inference_steps=3, class_label=3)
+    with pytest.raises(ValueError, match=r"call arguments \['latents'\] are set by PipelineSampler"):
+        mcdiff.PipelineSampler(tiny_sd, prompt="a cat", num_inference_steps=3, latents=None)
     with pytest.raises(ValueError, match="num_inference_steps=200 must be in"):
         mcdiff.PipelineSampler(tiny_sd, prompt="a cat", num_inference_steps=200)
     tiny_sd.unet.save_pretrained(tmp_path / "unet")
