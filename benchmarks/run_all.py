@@ -72,6 +72,8 @@ BENCHMARKS = (
                "--out", f"{OUTPUT}/offset-study"), 650),
     Benchmark("dps_inpainting", ("--output", OUTPUT),
               ("--steps", "10", "-n", "64", "--repeats", "1", "--output", OUTPUT), 306),
+    Benchmark("schedulers", ("-n", "256", "--seeds", "3", "--output", OUTPUT),
+              ("-n", "128", "--seeds", "2", "--output", OUTPUT), None),
 )
 """Every benchmark; one whose script is absent from this checkout is listed as skipped."""
 

@@ -616,7 +616,7 @@ def format_report(tree: xr.DataTree) -> str:
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda row: "  ".join(c.rjust(w) for c, w in zip(row, widths))  # noqa: E731
+    fmt = lambda row: "  ".join(c.rjust(w) for c, w in zip(row, widths))
     return [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
 
 

@@ -7,6 +7,7 @@ import sys
 import diffusers
 import pytest
 import torch
+from conftest import random_unet_sampler
 from diffusers import UNet2DModel
 
 import mcdiff
@@ -57,17 +58,7 @@ def _scheduler(name: str, config: dict, clip: bool = True):
 
 @pytest.fixture(scope="module")
 def unet() -> UNet2DModel:
-    torch.manual_seed(0)
-    return UNet2DModel(
-        sample_size=SHAPE[1],
-        in_channels=SHAPE[0],
-        out_channels=SHAPE[0],
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=4,
-    ).eval()
+    return random_unet_sampler(STEPS).unet  # the suite's tiny random-weight UNet (seeded)
 
 
 class AffineNet(torch.nn.Module):

@@ -234,7 +234,10 @@ class DiffusionSampler(Sampler):
             raise ValueError(f"dtype must be a floating-point dtype, got {self.dtype}")
         self.image_shape = tuple(int(s) for s in image_shape)
         self.scheduler = cls.from_config(scheduler.config)
-        self.scheduler.set_timesteps(num_inference_steps)
+        try:
+            self.scheduler.set_timesteps(num_inference_steps)
+        except (ValueError, RuntimeError) as err:  # PNDM's Runge-Kutta warm-up needs 4 or more steps
+            raise ValueError(f"{name} cannot run num_inference_steps={num_inference_steps}: {err}") from err
         self.num_inference_steps = int(num_inference_steps)
         self.eta = float(eta)
         self.step_kwargs = step_kwargs

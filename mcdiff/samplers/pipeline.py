@@ -225,7 +225,7 @@ class PipelineSampler(Sampler):
         self._step_shape = shapes.pop() if shapes else None
         self._n_draws = supply.step_draws
         self.image_shape = tuple(first.shape[1:])
-        self.nfe = int(round(self._last_calls))
+        self.nfe = round(self._last_calls)
         self.network_calls = 0.0
 
     @property

@@ -108,9 +108,9 @@ def drawing_modules(classes: Iterable[type]) -> list[str]:
         for base in cls.__mro__:
             module = sys.modules.get(base.__module__)
             draw = getattr(module, "randn_tensor", None)
-            if draw is not None and (draw is _ORIGINAL or getattr(draw, "mcdiff_dispatcher", False)):
-                if base.__module__ not in names:
-                    names.append(base.__module__)
+            ours = draw is not None and (draw is _ORIGINAL or getattr(draw, "mcdiff_dispatcher", False))
+            if ours and base.__module__ not in names:
+                names.append(base.__module__)
     return names
 
 

@@ -168,7 +168,7 @@ def _probe(scheduler, sample_shape, output_shape, step_kwargs) -> ScheduleProbe:
             torch.manual_seed(seed)
             try:
                 runs.append(_dry_run(scheduler, sample_shape, output_shape, step_kwargs))
-            except Exception as err:  # noqa: BLE001 - any failure of a foreign scheduler is reported as unsupported
+            except Exception as err:
                 raise ValueError(
                     f"scheduler {name} cannot be driven by mcdiff: a dry run of its step() with a zero network "
                     f"failed ({type(err).__name__}: {err}); {_supported_text()}"
