@@ -74,6 +74,8 @@ BENCHMARKS = (
               ("--steps", "10", "-n", "64", "--repeats", "1", "--output", OUTPUT), 607),
     Benchmark("mixture_bias", ("--output", OUTPUT), ("--n-evals", "4096", "--steps", "10", "20", "--output", OUTPUT),
               214),
+    Benchmark("schedulers", ("-n", "256", "--seeds", "3", "--output", OUTPUT),
+              ("-n", "128", "--seeds", "2", "--output", OUTPUT), None),
 )
 """Every benchmark; one whose script is absent from this checkout is listed as skipped."""
 

@@ -18,6 +18,7 @@ from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity
 from mcdiff.results import format_levels, format_table, save_result
 from mcdiff.runner import estimate
 from mcdiff.samplers.dps import check_zeta
+from mcdiff.samplers.schedulers import SUPPORTED_SCHEDULERS
 
 MODELS = (*ANALYTIC, *BUNDLED)
 MODEL_HELP = f"{', '.join(MODELS)}, or a diffusers model directory"
@@ -34,6 +35,11 @@ def _add_estimate(sub) -> None:
     p.add_argument("--designs", nargs="+", default=["mc", "amc", "rqmc"], choices=list(DESIGN_NAMES))
     p.add_argument("-n", "--n-evals", type=int, default=1024, help="evaluations per design")
     p.add_argument("--ddpm", action="store_true", help="ancestral DDPM sampling instead of DDIM")
+    p.add_argument(
+        "--sampler", choices=SUPPORTED_SCHEDULERS, metavar="SCHEDULER",
+        help="a diffusers scheduler to sample with instead of DDIM (overrides --ddpm): "
+        + ", ".join(SUPPORTED_SCHEDULERS),
+    )
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0: deterministic)")
     inverse = p.add_argument_group(
         "inverse problem",
@@ -103,7 +109,7 @@ def _estimate_model(model: str, steps: int, scheduler: str, eta: float, problem=
 
 def _run_estimate(args) -> None:
     problem = _inpainting_problem(args)
-    scheduler = "DDPMScheduler" if args.ddpm else "DDIMScheduler"
+    scheduler = args.sampler or ("DDPMScheduler" if args.ddpm else "DDIMScheduler")
     # a factory: Dask workers build the model
     model = partial(_estimate_model, args.model, args.steps, scheduler, args.eta, problem, args.zeta)
     if problem is None:
@@ -200,8 +206,10 @@ def _run_multifidelity(args) -> None:
         print(f"\nwrote {save_result(result, output)}\n")
 
 
-def _diagnose_samplers(model: str, steps: int, ddpm: bool) -> dict:
-    """``{"ddim": DDIM, "ddpm": ancestral DDPM}`` samplers of one model."""
+def _diagnose_samplers(model: str, steps: int, ddpm: bool, sampler: str | None = None) -> dict:
+    """``{"ddim": DDIM, "ddpm": ancestral DDPM}`` samplers of one model, or ``{sampler: that scheduler}``."""
+    if sampler is not None:
+        return {sampler: load_model(model, steps, scheduler=sampler)}
     schedulers = {"ddim": "DDIMScheduler", **({"ddpm": "DDPMScheduler"} if ddpm else {})}
     return {name: load_model(model, steps, scheduler=scheduler) for name, scheduler in schedulers.items()}
 
@@ -224,6 +232,10 @@ def _add_diagnose(sub) -> None:
         help="also run DDPM (whole noise path negated) beside DDIM (default: yes)",
     )
     p.add_argument(
+        "--sampler", choices=SUPPORTED_SCHEDULERS, metavar="SCHEDULER",
+        help="diagnose this diffusers scheduler alone instead of DDIM and DDPM",
+    )
+    p.add_argument(
         "--lpips",
         type=Path,
         help="local LPIPS TorchScript file (see mcdiff.diagnostics.load_lpips); skipped without it",
@@ -235,7 +247,7 @@ def _add_diagnose(sub) -> None:
 
 
 def _run_diagnose(args) -> None:
-    samplers = _diagnose_samplers(args.model, args.steps, args.ddpm)
+    samplers = _diagnose_samplers(args.model, args.steps, args.ddpm, args.sampler)
     lpips = load_lpips(args.lpips) if args.lpips is not None else None
     tree = diagnose(
         samplers,

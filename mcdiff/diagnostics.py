@@ -370,7 +370,7 @@ def trajectory_correlation(sampler: DiffusionSampler, n_pairs: int = 32, seed: i
         for t, x, eps in sampler.trajectory(noise):
             if t is None:
                 break
-            timesteps.append(int(t))
+            timesteps.append(_timestep_value(t))
             for out, v in ((x_corr, x), (eps_corr, eps)):
                 flat = v.detach().cpu().double().numpy().reshape(4 * n_pairs, -1)
                 out.append(_pair_pearson(flat.reshape(2, n_pairs, 2, -1), flat.mean(axis=0)))
@@ -385,6 +385,12 @@ def trajectory_correlation(sampler: DiffusionSampler, n_pairs: int = 32, seed: i
             "pair": np.arange(n_pairs),
         },
     )
+
+
+def _timestep_value(t) -> int | float:
+    """A scheduler timestep as a coordinate: an int where it is whole (DDPM-type), else a float (EDM)."""
+    value = float(t)
+    return int(value) if value.is_integer() else value
 
 
 def _default_steps(count: int, n_steps: int) -> list[int]:
@@ -443,10 +449,10 @@ def antisymmetry(
     n_lambdas = _check_count("n_lambdas", n_lambdas, 3)
     n_pixels = _check_count("n_pixels", n_pixels, 1)
     seed = check_seed(seed)
-    schedule = [int(t) for t in sampler.scheduler.timesteps]
+    schedule = [_timestep_value(t) for t in sampler.scheduler.timesteps]
     if timesteps is None:
         timesteps = [schedule[i] for i in _default_steps(5, len(schedule))]
-    timesteps = [int(t) for t in timesteps]
+    timesteps = [_timestep_value(t) for t in timesteps]
     bad = [t for t in timesteps if t not in schedule]
     if bad or not timesteps:
         raise ValueError(
@@ -461,12 +467,14 @@ def antisymmetry(
     pixels = np.sort(np.random.default_rng(seed).choice(size, size=min(n_pixels, size), replace=False))
     residuals, curves = [], []
     with torch.inference_mode():
-        probes = {int(t): x for t, x, _ in sampler.trajectory(noise) if t is not None and int(t) in timesteps}
+        probes = {}  # the first network call at each probed timestep: (index, exact t, x_t)
+        for index, (t, x, _) in enumerate(sampler.trajectory(noise)):
+            if t is not None and _timestep_value(t) in timesteps and _timestep_value(t) not in probes:
+                probes[_timestep_value(t)] = (index, t, x)
         for t in timesteps:
-            x = probes[t]
-            scaled = torch.cat([lam * x for lam in lambdas])
-            t_tensor = torch.tensor(t, device=sampler.device)
-            eps = sampler._eps(sampler.scheduler.scale_model_input(scaled, t_tensor), t_tensor)
+            index, t_exact, x = probes[t]
+            scaled = sampler.model_input(torch.cat([lam * x for lam in lambdas]), index)
+            eps = sampler.network(scaled, t_exact)
             eps = eps.detach().cpu().double().reshape(n_lambdas, n_probes, size)
             total = eps[-1] + eps[0]
             centre = total.mean(dim=0)
@@ -529,7 +537,7 @@ def diagnose(
     if not samplers:
         raise ValueError("at least one sampler is needed")
     names = list(samplers)
-    schedules = {n: [int(t) for t in _check_diffusion(s).scheduler.timesteps] for n, s in samplers.items()}
+    schedules = {n: [_timestep_value(t) for t in _check_diffusion(s).scheduler.timesteps] for n, s in samplers.items()}
     if any(v != schedules[names[0]] for v in schedules.values()):
         raise ValueError(f"all samplers must share one timestep schedule, got {schedules}")
     pairs, trajectories = [], []
@@ -608,7 +616,7 @@ def format_report(tree: xr.DataTree) -> str:
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda row: "  ".join(c.rjust(w) for c, w in zip(row, widths))  # noqa: E731
+    fmt = lambda row: "  ".join(c.rjust(w) for c, w in zip(row, widths))
     return [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
 
 

@@ -43,8 +43,11 @@ def load_model(
     num_inference_steps : int
         Sampling steps.
     scheduler : str or None
-        ``"DDIMScheduler"`` (default), ``"DDPMScheduler"`` (ancestral), or ``None`` for the
-        directory's stored scheduler.
+        A diffusers scheduler class name: ``"DDIMScheduler"`` (default), ``"DDPMScheduler"``
+        (ancestral), any of :data:`~mcdiff.samplers.schedulers.SUPPORTED_SCHEDULERS` for a
+        model directory (``"DPMSolverMultistepScheduler"``, ``"EulerAncestralDiscreteScheduler"``,
+        ...), or ``None`` for the directory's stored scheduler. The analytic ``"gaussian"``
+        model runs DDIM or DDPM only.
     **kwargs
         Further sampler arguments (``eta``, ``clip_output``, ``device``, ``dtype``).
     """

@@ -1,10 +1,12 @@
-"""Diffusion samplers driven by mcdiff's noise: DDIM (deterministic or with eta > 0) and DDPM."""
+"""Diffusion samplers driven by mcdiff's noise through any diffusers scheduler with a ``step()``."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,20 +15,29 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from mcdiff.noise import Noise, as_noise
 from mcdiff.samplers.base import Sampler
+from mcdiff.samplers.scheduler_noise import NoiseSupply, supplied_noise
+from mcdiff.samplers.schedulers import (
+    SUPPORTED_SCHEDULERS,
+    check_scheduler,
+    init_noise_sigma,
+    probe_schedule,
+    scale_model_input,
+    scheduler_class,
+    step_parameters,
+)
 
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {"DDIMScheduler": DDIMScheduler, "DDPMScheduler": DDPMScheduler}
-"""Schedulers :class:`DiffusionSampler` drives with caller noise, by class name."""
+"""Schedulers of the ``alphas_cumprod`` parametrisation with integer timesteps, by class name.
 
-SUPPORTED_SCHEDULERS = tuple(SCHEDULERS)
-
-DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large")
-"""``DDPMScheduler.variance_type`` values whose step noise has a fixed scale."""
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-"""What the network predicts, as diffusers' ``prediction_type`` names it."""
+The analytic model (:class:`~mcdiff.samplers.gaussian.GaussianSampler`) and DPS
+(:func:`predicted_original_sample`) need this parametrisation; :class:`DiffusionSampler`
+itself runs every scheduler in :data:`~mcdiff.samplers.schedulers.SUPPORTED_SCHEDULERS`.
+"""
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``eps(x_t, t) -> predicted noise``, both ``(B, C, H, W)``."""
+
+__all__ = ["SUPPORTED_SCHEDULERS", "DiffusionSampler", "check_num_inference_steps", "predicted_original_sample"]
 
 
 def default_device() -> torch.device:
@@ -43,29 +54,19 @@ def _module_placement(module) -> tuple[torch.device, torch.dtype] | None:
 
 
 def check_scheduler_name(name: str) -> None:
-    """Raise ``ValueError`` unless ``name`` is a scheduler class in :data:`SUPPORTED_SCHEDULERS`."""
+    """Raise ``ValueError`` unless ``name`` is in :data:`SCHEDULERS` (DDIM or DDPM)."""
     if name not in SCHEDULERS:
-        raise ValueError(f"scheduler {name} is not supported; supported: {', '.join(SUPPORTED_SCHEDULERS)}")
+        raise ValueError(f"scheduler {name} is not supported; supported: {', '.join(SCHEDULERS)}")
 
 
 def check_num_inference_steps(num_inference_steps: int, scheduler: SchedulerMixin) -> None:
     """Raise ``ValueError`` unless ``1 <= num_inference_steps <= num_train_timesteps``."""
-    train_steps = scheduler.config.num_train_timesteps
+    train_steps = getattr(scheduler.config, "num_train_timesteps", None) or 1000
     if isinstance(num_inference_steps, bool) or not 1 <= num_inference_steps <= train_steps:
         raise ValueError(
             f"num_inference_steps={num_inference_steps} must be in [1, {train_steps}] "
             f"(the scheduler's num_train_timesteps)"
         )
-
-
-def _as_eps_model(unet) -> EpsModel:
-    """Wrap a diffusers ``UNet2DModel`` (output ``.sample``) or a plain callable."""
-
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = unet(x, t)
-        return out.sample if hasattr(out, "sample") else out
-
-    return eps
 
 
 def predicted_original_sample(
@@ -91,104 +92,58 @@ def predicted_original_sample(
     return alpha_prod_t**0.5 * sample - (1 - alpha_prod_t) ** 0.5 * model_output
 
 
-def ddpm_step(
-    scheduler: DDPMScheduler,
-    model_output: torch.Tensor,
-    index: int,
-    sample: torch.Tensor,
-    noise: torch.Tensor,
-) -> torch.Tensor:
-    """One ancestral DDPM step from ``x_t`` to ``x_prev`` with the caller's noise ``n_t``.
+@dataclass
+class SchedulerRun:
+    """The state of one sampling run: a fresh copy of the scheduler and the noise it draws from."""
 
-    Ho et al. 2020, eq. 15 for ``x0_hat`` and eq. 7 for the posterior::
-
-        x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)            (clipped if clip_sample)
-        x_prev = sqrt(a_prev) b_t / (1 - a_t) x0_hat
-                 + sqrt(alpha_t) (1 - a_prev) / (1 - a_t) x_t + s_t n_t
-
-    with ``a`` the cumulative product of alphas, ``alpha_t = a_t / a_prev``,
-    ``b_t = 1 - alpha_t`` and ``s_t^2 = (1 - a_prev) / (1 - a_t) b_t`` (``variance_type``
-    ``"fixed_small"``, eq. 7's beta-tilde) or ``b_t`` (``"fixed_large"``); no noise is added
-    at ``t = 0``. This is ``DDPMScheduler.step`` term by term, with ``n_t`` passed in instead
-    of drawn inside.
-
-    Parameters
-    ----------
-    scheduler : DDPMScheduler
-        After ``set_timesteps``; its ``prediction_type``, ``clip_sample`` and
-        ``variance_type`` are honoured.
-    model_output : tensor (B, C, H, W)
-        The network's prediction at ``scheduler.timesteps[index]``.
-    index : int
-        Position of the current step in ``scheduler.timesteps``.
-    sample : tensor (B, C, H, W)
-        ``x_t``.
-    noise : tensor (B, C, H, W)
-        Standard-normal ``n_t``.
-
-    Returns
-    -------
-    tensor (B, C, H, W)
-        ``x_prev``.
-    """
-    config = scheduler.config
-    timesteps = scheduler.timesteps
-    t = timesteps[index]
-    alpha_prod_t = scheduler.alphas_cumprod[t]
-    alpha_prod_t_prev = (
-        scheduler.alphas_cumprod[timesteps[index + 1]] if index + 1 < len(timesteps) else scheduler.one
-    )
-    beta_prod_t = 1 - alpha_prod_t
-    beta_prod_t_prev = 1 - alpha_prod_t_prev
-    current_alpha_t = alpha_prod_t / alpha_prod_t_prev
-    current_beta_t = 1 - current_alpha_t
-
-    x0_hat = predicted_original_sample(scheduler, model_output, t, sample)
-    if config.clip_sample:
-        x0_hat = x0_hat.clamp(-config.clip_sample_range, config.clip_sample_range)
-
-    x0_coeff = alpha_prod_t_prev**0.5 * current_beta_t / beta_prod_t
-    xt_coeff = current_alpha_t**0.5 * beta_prod_t_prev / beta_prod_t
-    x_prev = x0_coeff * x0_hat + xt_coeff * sample
-    if t > 0:
-        if config.variance_type == "fixed_large":
-            std = current_beta_t**0.5
-        else:
-            std = torch.clamp(beta_prod_t_prev / beta_prod_t * current_beta_t, min=1e-20) ** 0.5
-        x_prev = x_prev + std * noise
-    return x_prev
+    scheduler: SchedulerMixin
+    supply: NoiseSupply
 
 
 class DiffusionSampler(Sampler):
-    """A noise-prediction network run through a diffusers scheduler with caller noise.
+    """A diffusion network run through any diffusers scheduler, with every noise draw from the design.
 
-    Both samplers start from ``x_T = prior_mean + init_noise_sigma * z``.
+    The run is diffusers' own loop: from ``x_T = prior_mean + init_noise_sigma * z``, at each
+    of the scheduler's timesteps ``t_i``::
 
-    ``DDIMScheduler`` (Song et al. 2021, eq. 12)::
+        out_i   = network(scale_model_input(x_i, t_i), t_i)
+        x_{i+1} = scheduler.step(out_i, t_i, x_i).prev_sample
 
-        x0_hat  = (x_t - sqrt(1 - a_t) eps(x_t, t)) / sqrt(a_t)
-        x_prev  = sqrt(a_prev) x0_hat + sqrt(1 - a_prev - s_t^2) eps(x_t, t) + s_t n_t
+    and the image is ``(x_0 + 1) / 2``, clamped to [0, 1] when ``clip_output``. What the
+    network predicts (noise, ``x_0``, velocity) is the scheduler's ``prediction_type``: DDIM
+    (Song et al. 2021, eq. 12), DDPM ancestral sampling (Ho et al. 2020, Algorithm 2),
+    DPM-Solver++ (Lu et al. 2022), UniPC, the Karras et al. (2022) samplers (Euler, Heun,
+    EDM), PNDM, LMS, LCM and TCD, and flow matching (Lipman et al. 2023; velocity
+    prediction, ``x_T = z``).
 
-    with ``s_t = eta * sqrt((1 - a_prev)/(1 - a_t)) sqrt(1 - a_t/a_prev)`` (eq. 16); the step
-    is diffusers' own ``DDIMScheduler.step`` given ``variance_noise=n_t``.
+    Every noise draw inside a stochastic scheduler (DDPM, DDIM with ``eta > 0``, Euler
+    ancestral, KDPM2 ancestral, the SDE variants of DPM-Solver++, LCM, TCD, Euler with
+    ``s_churn > 0``) is the design's ``"steps"`` component, draw ``k`` being
+    ``noise.step("steps", k)``, read at the step that makes it: passed as ``variance_noise``
+    where ``step()`` takes it, and otherwise handed to the scheduler where it calls
+    ``randn_tensor`` (:mod:`mcdiff.samplers.scheduler_noise`). The number of draws is
+    counted by a dry run with a zero network (:func:`~mcdiff.samplers.schedulers.probe_schedule`);
+    a deterministic scheduler declares ``x_T`` only. An antithetic partner negates ``z`` and
+    every draw, so for a network affine in ``x`` the partners mirror exactly about ``G(0)``.
 
-    ``DDPMScheduler``: ancestral sampling (Ho et al. 2020, Algorithm 2), see :func:`ddpm_step`.
-
-    The injected noise ``n_t`` is the design's ``"steps"`` component, declared for DDPM and
-    for DDIM with ``eta > 0``; an antithetic partner negates ``z`` and every ``n_t``. Images
-    are ``(x_0 + 1) / 2``, clamped to [0, 1] when ``clip_output`` (as diffusers pipelines do).
+    :attr:`nfe` is the number of network calls of one sample, counted in that dry run: the
+    step count for one-call-per-step schedulers, ``2T - 1`` for Heun and KDPM2, more for
+    PNDM's Runge-Kutta warm-up. :attr:`network_calls` counts the calls actually made.
 
     Parameters
     ----------
-    unet : diffusers ``UNet2DModel`` or callable ``eps(x, t)``
-        The noise predictor.
-    scheduler : ``DDIMScheduler`` or ``DDPMScheduler``
-        Its configuration is copied; the caller's object is not modified.
+    unet : diffusers ``UNet2DModel`` or callable ``network(x, t)``
+        The denoiser.
+    scheduler : diffusers scheduler
+        Any with a ``step()`` (see :data:`~mcdiff.samplers.schedulers.SUPPORTED_SCHEDULERS`
+        for those tested against diffusers); its configuration is copied, the caller's
+        object is not modified.
     num_inference_steps : int
-        Sampling steps T (network evaluations per sample), at most the scheduler's
+        Sampling steps T passed to ``set_timesteps``, at most the scheduler's
         ``num_train_timesteps``.
     eta : float
-        DDIM stochasticity, 0 for the deterministic sampler; must be 0 for DDPM.
+        Passed to ``step()`` where it takes ``eta`` (DDIM's stochasticity, TCD's gamma); must
+        be 0 for schedulers whose ``step()`` has no ``eta``.
     image_shape : (C, H, W), optional
         Required when ``unet`` has no diffusers ``config``.
     prior_mean : float or tensor broadcastable to ``image_shape``
@@ -199,6 +154,18 @@ class DiffusionSampler(Sampler):
         Where and in which precision to sample (``torch.float16`` or ``torch.bfloat16`` on a
         GPU). By default those of ``unet``'s parameters (``cpu``, ``float32`` for a plain
         callable); when given, a ``torch.nn.Module`` ``unet`` is moved there in place.
+    step_kwargs : dict, optional
+        Further arguments of every ``step()`` call, e.g. ``{"s_churn": 1.0}`` for the
+        stochastic Euler sampler of Karras et al. (2022, Algorithm 2).
+
+    References
+    ----------
+    J. Ho, A. Jain and P. Abbeel, "Denoising Diffusion Probabilistic Models", NeurIPS 2020.
+    J. Song, C. Meng and S. Ermon, "Denoising Diffusion Implicit Models", ICLR 2021.
+    T. Karras, M. Aittala, T. Aila and S. Laine, "Elucidating the Design Space of
+    Diffusion-Based Generative Models", NeurIPS 2022.
+    C. Lu et al., "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic
+    Models", arXiv:2211.01095. Y. Lipman et al., "Flow Matching for Generative Modeling", ICLR 2023.
 
     Examples
     --------
@@ -207,9 +174,14 @@ class DiffusionSampler(Sampler):
     ...                    down_block_types=("DownBlock2D", "DownBlock2D"),
     ...                    up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
     >>> sampler = DiffusionSampler(unet, DDPMScheduler(), num_inference_steps=4)
-    >>> sampler.noise_spec
-    {'x_T': (1, 8, 8), 'steps': (4, 1, 8, 8)}
+    >>> sampler.noise_spec  # the last step (t = 0) adds no noise
+    {'x_T': (1, 8, 8), 'steps': (3, 1, 8, 8)}
+    >>> sampler.nfe
+    4
     """
+
+    schedulers: tuple[str, ...] | None = None
+    """Scheduler class names a subclass is restricted to (``None``: any that passes the dry run)."""
 
     def __init__(
         self,
@@ -222,27 +194,29 @@ class DiffusionSampler(Sampler):
         clip_output: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        step_kwargs: dict | None = None,
     ):
-        name = type(scheduler).__name__
-        check_scheduler_name(name)
+        cls = check_scheduler(scheduler)
+        name = cls.__name__
+        if self.schedulers is not None and name not in self.schedulers:
+            raise ValueError(
+                f"{type(self).__name__} samples with {', '.join(self.schedulers)} only, got {name}"
+            )
         check_num_inference_steps(num_inference_steps, scheduler)
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        if name == "DDPMScheduler":
-            if eta != 0:
-                raise ValueError(f"eta={eta} applies to DDIMScheduler only; DDPM sampling has no eta (use 0)")
-            if scheduler.config.variance_type not in DDPM_VARIANCE_TYPES:
-                raise ValueError(
-                    f"DDPMScheduler variance_type={scheduler.config.variance_type!r} is not supported; "
-                    f"supported: {', '.join(DDPM_VARIANCE_TYPES)}"
-                )
-            if scheduler.config.thresholding:
-                raise ValueError("DDPMScheduler thresholding=True is not supported; use clip_sample instead")
-            if scheduler.config.prediction_type not in PREDICTION_TYPES:
-                raise ValueError(
-                    f"DDPMScheduler prediction_type={scheduler.config.prediction_type!r} is not supported; "
-                    f"supported: {', '.join(PREDICTION_TYPES)}"
-                )
+        takes = step_parameters(scheduler)
+        if eta != 0 and "eta" not in takes:
+            raise ValueError(
+                f"eta={eta} applies to schedulers whose step() takes eta (DDIMScheduler, TCDScheduler); "
+                f"{name}.step has none (use 0)"
+            )
+        step_kwargs = dict(step_kwargs or {})
+        reserved = {"model_output", "timestep", "sample", "eta", "generator", "variance_noise", "return_dict"}
+        bad = sorted(k for k in step_kwargs if k not in takes or k in reserved)
+        if bad:
+            allowed = sorted(takes - reserved - {"self", "kwargs"})
+            raise ValueError(f"step_kwargs {bad} are not free arguments of {name}.step; allowed: {allowed}")
         if image_shape is None:
             config = getattr(unet, "config", None)
             if config is None:
@@ -259,15 +233,25 @@ class DiffusionSampler(Sampler):
         if not self.dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {self.dtype}")
         self.image_shape = tuple(int(s) for s in image_shape)
-        self.scheduler = SCHEDULERS[name].from_config(scheduler.config)
-        self.scheduler.set_timesteps(num_inference_steps)
+        self.scheduler = cls.from_config(scheduler.config)
+        try:
+            self.scheduler.set_timesteps(num_inference_steps)
+        except (ValueError, RuntimeError) as err:  # PNDM's Runge-Kutta warm-up needs 4 or more steps
+            raise ValueError(f"{name} cannot run num_inference_steps={num_inference_steps}: {err}") from err
         self.num_inference_steps = int(num_inference_steps)
-        self.nfe = self.num_inference_steps
         self.eta = float(eta)
+        self.step_kwargs = step_kwargs
+        self._step_kwargs = {**({"eta": self.eta} if "eta" in takes else {}), **step_kwargs}
+        out_channels = getattr(getattr(unet, "config", None), "out_channels", None) or self.image_shape[0]
+        self._probe = probe_schedule(
+            self.scheduler, self.image_shape, (out_channels, *self.image_shape[1:]), self._step_kwargs
+        )
+        self._variance_noise = "variance_noise" in takes
+        self.nfe = self._probe.network_calls
+        self.network_calls = 0
         self.clip_output = bool(clip_output)
         self.prior_mean = torch.as_tensor(prior_mean, dtype=self.dtype, device=self.device)
         self.unet = unet
-        self._eps = _as_eps_model(unet)
 
     @classmethod
     def from_pretrained(
@@ -283,8 +267,8 @@ class DiffusionSampler(Sampler):
         """Load a local diffusers directory (``model_index.json``, or ``unet/`` and ``scheduler/``).
 
         Nothing is downloaded. The directory's ``unet/`` must hold a ``UNet2DModel`` (an
-        unconditional pixel-space model; latent text-conditioned pipelines go through
-        :class:`~mcdiff.samplers.pipeline.PipelineSampler`).
+        unconditional pixel-space model; latent, text- or class-conditioned pipelines go
+        through :class:`~mcdiff.samplers.pipeline.PipelineSampler`).
 
         Parameters
         ----------
@@ -293,9 +277,10 @@ class DiffusionSampler(Sampler):
         num_inference_steps, eta
             As for :class:`DiffusionSampler`.
         scheduler : str, optional
-            A class name in :data:`SUPPORTED_SCHEDULERS` to sample with instead of the stored
-            one, built from the stored configuration (``"DDIMScheduler"`` runs a DDPM-trained
-            model with DDIM).
+            A diffusers scheduler class name (see
+            :data:`~mcdiff.samplers.schedulers.SUPPORTED_SCHEDULERS`) to sample with instead
+            of the stored one, built from the stored configuration (``"DDIMScheduler"`` or
+            ``"DPMSolverMultistepScheduler"`` runs a DDPM-trained model).
         device : optional
             ``cuda`` when available, ``cpu`` otherwise.
         dtype : torch.dtype
@@ -320,12 +305,11 @@ class DiffusionSampler(Sampler):
                 "(load a latent or text-conditioned pipeline with diffusers and use PipelineSampler)"
             )
         stored = json.loads(scheduler_config.read_text())
-        name = scheduler or stored.get("_class_name", "<no _class_name>")
-        check_scheduler_name(name)
+        scheduler_type = scheduler_class(scheduler or stored.get("_class_name", "<no _class_name>"))
         unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, low_cpu_mem_usage=False)
         return cls(
             unet,
-            SCHEDULERS[name].from_config(stored),
+            scheduler_type.from_config(stored),
             num_inference_steps=num_inference_steps,
             eta=eta,
             device=device if device is not None else default_device(),
@@ -335,43 +319,65 @@ class DiffusionSampler(Sampler):
 
     @property
     def stochastic(self) -> bool:
-        """Whether each step injects noise (DDPM, or DDIM with ``eta > 0``)."""
-        return isinstance(self.scheduler, DDPMScheduler) or self.eta > 0
+        """Whether the scheduler draws noise after ``x_T`` (DDPM, DDIM with ``eta > 0``, ancestral, SDE)."""
+        return self._probe.n_draws > 0
 
     @property
     def noise_spec(self) -> dict[str, tuple[int, ...]]:
         spec = {"x_T": self.image_shape}
         if self.stochastic:
-            spec["steps"] = (self.num_inference_steps, *self.image_shape)
+            spec["steps"] = (self._probe.n_draws, *self.image_shape)
         return spec
 
     def trajectory(self, noise: Noise | dict[str, torch.Tensor]) -> Iterator[tuple]:
-        """Yield ``(t, x_t, eps(x_t, t))`` at every step, then ``(None, x_0, None)``.
+        """Yield ``(t, x_t, network output)`` at every network call, then ``(None, x_0, None)``.
 
-        Step ``i``'s injected noise is read as ``noise.step("steps", i)`` at that step.
+        Each draw of step noise is read as ``noise.step("steps", k)`` when the scheduler makes it.
         """
         noise = as_noise(noise)
-        scheduler = self.scheduler
-        x = self.prior_mean + scheduler.init_noise_sigma * noise["x_T"]
-        for i, t in enumerate(scheduler.timesteps):
-            eps, x_prev = self._transition(i, t, x, noise.step("steps", i) if self.stochastic else None)
+        run = SchedulerRun(copy.deepcopy(self.scheduler), NoiseSupply(noise))
+        x = self.prior_mean + init_noise_sigma(run.scheduler) * noise["x_T"]
+        for i, t in enumerate(run.scheduler.timesteps):
+            eps, x_prev = self._transition(i, t, x, run)
             yield t, x, eps
             x = x_prev
         yield None, x, None
 
-    def _transition(
-        self, index: int, t: torch.Tensor, x: torch.Tensor, step_noise: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(eps(x_t, t), x_prev)``: the network's prediction and one sampler step from ``x_t``."""
-        eps = self._eps(self.scheduler.scale_model_input(x, t), t)
-        return eps, self._step(index, t, eps, x, step_noise)
+    def model_input(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """What the network sees at call ``index`` for the state ``x``: ``c_i x`` (``scale_model_input``)."""
+        return self._probe.input_scales[index] * x
 
-    def _step(
-        self, index: int, t: torch.Tensor, eps: torch.Tensor, x: torch.Tensor, step_noise
-    ) -> torch.Tensor:
-        if isinstance(self.scheduler, DDPMScheduler):
-            return ddpm_step(self.scheduler, eps, index, x, step_noise)
-        return self.scheduler.step(eps, t, x, eta=self.eta, variance_noise=step_noise).prev_sample
+    def network(self, model_input: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network's output for an already scaled input; adds one to :attr:`network_calls`."""
+        return self._eps(model_input, t)
+
+    def _eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.network_calls += 1
+        out = self.unet(x, t)
+        return out.sample if hasattr(out, "sample") else out
+
+    def _transition(
+        self, index: int, t: torch.Tensor, x: torch.Tensor, run: SchedulerRun
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(network output at x_t, x_prev)``: one network call and one scheduler step from ``x_t``."""
+        eps = self._eps(scale_model_input(run.scheduler, x, t), t)
+        return eps, self._step(index, t, eps, x, run)
+
+    def _step(self, index: int, t: torch.Tensor, eps: torch.Tensor, x: torch.Tensor, run: SchedulerRun) -> torch.Tensor:
+        """``scheduler.step`` at call ``index``, its noise supplied from the design."""
+        draws = self._probe.draws[index]
+        kwargs = dict(self._step_kwargs)
+        if self._variance_noise and draws == 1:
+            kwargs["variance_noise"] = run.supply.next_step_noise(x.shape, x.device, x.dtype)
+        with supplied_noise([type(run.scheduler)], run.supply):
+            x_prev = run.scheduler.step(eps, t, x, **kwargs).prev_sample
+        expected = sum(self._probe.draws[: index + 1])
+        if run.supply.step_draws != expected:
+            raise RuntimeError(
+                f"{type(run.scheduler).__name__} drew {run.supply.step_draws} noise tensors by call {index}; its dry "
+                f"run drew {expected} (noise draws that depend on the data are not supported)"
+            )
+        return x_prev
 
     def sample(self, noise: Noise) -> torch.Tensor:
         *_, (_, x0, _) = self.trajectory(noise)
@@ -381,8 +387,8 @@ class DiffusionSampler(Sampler):
     def with_steps(self, num_inference_steps: int) -> DiffusionSampler:
         """The same network, scheduler and settings at another step count (a fidelity).
 
-        The copy shares ``unet``; its ``nfe`` is ``num_inference_steps``. Subclasses whose
-        constructor takes other arguments add them to :meth:`settings`.
+        The copy shares ``unet``; its ``nfe`` is counted again. Subclasses whose constructor
+        takes other arguments add them to :meth:`settings`.
         """
         settings = {**self.settings(), "num_inference_steps": num_inference_steps}
         return type(self)(self.unet, self.scheduler, **settings)
@@ -397,6 +403,7 @@ class DiffusionSampler(Sampler):
             "clip_output": self.clip_output,
             "device": self.device,
             "dtype": self.dtype,
+            "step_kwargs": self.step_kwargs,
         }
 
     def describe(self) -> dict[str, str | int | float]:
@@ -405,5 +412,6 @@ class DiffusionSampler(Sampler):
             "scheduler": type(self.scheduler).__name__,
             "num_inference_steps": self.num_inference_steps,
             "eta": self.eta,
+            "noise_draws_per_sample": self._probe.n_draws,
             "clip_output": int(self.clip_output),
         }

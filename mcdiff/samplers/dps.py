@@ -70,6 +70,8 @@ class DPSSampler(DiffusionSampler):
     for General Noisy Inverse Problems", ICLR 2023, Algorithm 1 and eq. 16.
     """
 
+    schedulers = ("DDIMScheduler", "DDPMScheduler")  # x0_hat by Tweedie's formula in alphas_cumprod
+
     def __init__(
         self,
         unet,
