@@ -77,7 +77,7 @@ def _draw_noise(sampler, design, batch) -> None:
     """Generate one batch's whole noise path as the sampler would ask for it, without the model."""
     noise = design.noise(sampler.noise_spec, 0, 0, batch, batch, device=sampler.device, dtype=sampler.dtype)
     noise["x_T"]
-    for i in range(sampler.num_inference_steps if "steps" in sampler.noise_spec else 0):
+    for i in range(sampler.noise_spec["steps"][0] if "steps" in sampler.noise_spec else 0):
         noise.step("steps", i)
 
 
