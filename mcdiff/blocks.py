@@ -31,7 +31,6 @@ class Block:
     stop: int
 
 
-
 def _check_images(images: torch.Tensor, count: int, sampler: Sampler) -> None:
     expected = (count, *sampler.image_shape)
     if not torch.is_tensor(images) or tuple(images.shape) != expected:
@@ -72,7 +71,8 @@ def evaluate_design(
     batches = [(lo, min(last, lo + step)) for lo in range(first, last, step)]
 
     def noise_of(lo: int, hi: int):
-        return design.noise(sampler.noise_spec, seed, lo, hi, n_evals, device=sampler.device, dtype=sampler.dtype)
+        spec, device, dtype = sampler.noise_spec, sampler.device, sampler.dtype
+        return design.noise(spec, seed, lo, hi, n_evals, device=device, dtype=dtype)
 
     if prefetch is None:  # a thread of its own pays where the model leaves a processor idle
         prefetch = sampler.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)

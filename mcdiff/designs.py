@@ -635,11 +635,9 @@ class DesignNoise(Noise):
         return self._frames(name, np.arange(count)).reshape(self.batch, *shape)
 
     def step(self, name: str, index: int) -> torch.Tensor:
-        shape = self._shape(name)
+        shape = self._step_shape(name, index)
         if len(shape) < 4:
             return super().step(name, index)
-        if not 0 <= index < shape[0]:
-            raise IndexError(f"noise component {name!r} of shape {shape} has no step {index}")
         per_step = math.prod(shape[1:-3])
         first, last = index * per_step, (index + 1) * per_step
         held, start, frames = self._chunk or (None, 0, None)
@@ -656,13 +654,14 @@ class DesignNoise(Noise):
         frame, _ = _frame_layout(shape)
         size = math.prod(frame)
         lead = 0 if self._leading_values is None else self._leading_values.shape[1]
-        rank = None
+        rank = chosen = None
         if lead:
             if name not in self._ranks:
                 self._ranks[name] = tuple(r.reshape(1, -1) for r in _coordinate_ranks(shape, self.basis))
             base, stride = self._ranks[name]
             rank = self._offsets[name] + base + frames[:, None] * stride
-        if rank is not None and (rank < lead).all():
+            chosen = rank < lead  # the coordinates that get Sobol' values
+        if chosen is not None and chosen.all():
             z = torch.empty((self.batch, len(frames), size), device=self.device, dtype=self.dtype)
         else:
             z = standard_normal(self._key, component_id(name), torch.from_numpy(frames), size, self.dtype)
@@ -670,8 +669,7 @@ class DesignNoise(Noise):
                 z = z[self._index]
             if self._sign is not None:
                 z = z * self._sign[:, None, None]
-        if rank is not None and (rank < lead).any():
-            chosen = rank < lead
+        if chosen is not None and chosen.any():
             sobol = self._leading()[:, torch.from_numpy(rank[chosen]).to(self.device)]
             z[:, torch.from_numpy(chosen).to(self.device)] = sobol
         z = z.reshape(self.batch, len(frames), *frame)

@@ -195,10 +195,15 @@ class Noise(Mapping):
 
     def step(self, name: str, index: int) -> torch.Tensor:
         """Index ``index`` of the first axis of component ``name``: ``(B, *shape[1:])``."""
+        self._step_shape(name, index)
+        return self[name][:, index]
+
+    def _step_shape(self, name: str, index: int) -> tuple[int, ...]:
+        """The shape of component ``name``, checked to have a step ``index``."""
         shape = self._shape(name)
         if not shape or not 0 <= index < shape[0]:
             raise IndexError(f"noise component {name!r} of shape {shape} has no step {index}")
-        return self[name][:, index]
+        return shape
 
     def _shape(self, name: str) -> tuple[int, ...]:
         if name not in self.spec:
