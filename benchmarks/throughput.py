@@ -5,10 +5,21 @@ rqmc, amc-rqmc) runs the full evaluation path of :func:`mcdiff.blocks.evaluate_d
 generated on the sampler's device step by step from ``(seed, design, address, component,
 step)``, the sampler, and a statistic (each image's brightness). The plain side is what a
 diffusers user writes: ``torch.randn`` with a generator, ``unet`` + ``scheduler.step`` in a
-loop (DDPM draws its step noise inside ``step``), the mean of each image. Repeats cycle
-through every run so that load from other processes hits them alike; each run's fastest
-repeat is reported (the least disturbed). ``noise ms/eval`` is the time to generate one
-evaluation's whole noise path alone, without the model.
+loop (DDPM draws its step noise inside ``step``), the mean of each image.
+
+Two measures of the overhead, ``mcdiff / plain - 1``:
+
+- ``overhead``: with the UNet. Each repeat runs the plain loop and then every design, back
+  to back, so that slow drifts of the machine hit a repeat's runs alike; the column is the
+  median over repeats of each repeat's ratio, with its range.
+- ``null-net overhead``: both loops again with the UNet replaced by a network that costs
+  next to nothing (``0.1 x``), so what remains is what mcdiff adds (noise, the scheduler
+  plumbing, the statistic) with little timing noise; divided by the plain loop's time with
+  the UNet it is the overhead that the UNet run would show without the timing noise.
+  ``one thread`` is the same with ``prefetch=False``: every noise draw made on the
+  sampler's thread when it is needed, none ahead on a free processor.
+
+``noise ms/eval`` is the time to generate one evaluation's whole noise path alone.
 
 Peak memory: a DDPM run at 10 and at 1000 steps, each in a fresh process (peak RSS only
 grows; on a GPU, ``torch.cuda.max_memory_allocated``), after imports and a warm-up batch.
@@ -27,6 +38,7 @@ import sys
 import time
 from functools import partial
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
@@ -61,14 +73,29 @@ def _unet(config: str, size: int, device: torch.device, dtype: torch.dtype) -> U
     return unet if (device.type, dtype) == ("cpu", torch.float32) else unet.to(device=device, dtype=dtype)
 
 
-def _plain_loop(unet, scheduler, steps, batch, shape, device, dtype) -> None:
+class NullNetwork(torch.nn.Module):
+    """A network that costs next to nothing: ``eps(x, t) = 0.1 x``, on the device and dtype of its buffer."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(0.1, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def _network_output(out) -> torch.Tensor:
+    return out.sample if hasattr(out, "sample") else out
+
+
+def _plain_loop(network, scheduler, steps, batch, shape, device, dtype) -> None:
     """What a diffusers user writes (the loop of ``DDIMPipeline`` / ``DDPMPipeline``)."""
     generator = torch.Generator(device).manual_seed(0)
     scheduler.set_timesteps(steps)
     with torch.inference_mode():
         x = torch.randn((batch, *shape), generator=generator, device=device, dtype=dtype)
         for t in scheduler.timesteps:
-            eps = unet(x, t).sample
+            eps = _network_output(network(x, t))
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
         ((x / 2 + 0.5).clamp(0, 1)).mean(dim=(1, 2, 3)).cpu()
 
@@ -144,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batch", type=int, default=16, help="evaluations per run, one batch: 4 times a power of 2 (default 16)"
     )
-    parser.add_argument("--repeats", type=int, default=2, help="timed repeats per run (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per run (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on the CPU)")
     parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -168,36 +195,60 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.repeats} repeats, {device} {args.dtype}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"
     )
+    networks = {"unet": unet, "null": NullNetwork(device, dtype)}
     runs, labels = {}, []
     for label, scheduler_class, steps in RUNS:
         steps = args.ddpm_steps if label == "DDPM" else steps
         scheduler = scheduler_class(num_train_timesteps=1000)
-        sampler = DiffusionSampler(unet, scheduler, num_inference_steps=steps, device=device, dtype=dtype)
         name = f"{label} {steps}"
         labels.append(name)
-        runs[name, "plain"] = partial(_plain_loop, unet, scheduler, steps, args.batch, shape, device, dtype)
+        for net, network in networks.items():
+            sampler = DiffusionSampler(
+                network, scheduler, num_inference_steps=steps, image_shape=shape, device=device, dtype=dtype
+            )
+            runs[name, net, "plain"] = partial(_plain_loop, network, scheduler, steps, args.batch, shape, device, dtype)
+            for design, d in _designs(args.batch).items():
+                runs[name, net, design] = partial(evaluate_design, sampler, [brightness], d, args.batch, 0, args.batch)
+                if net == "null":  # the same with every noise draw on the sampler's own thread
+                    runs[name, "null serial", design] = partial(
+                        evaluate_design, sampler, [brightness], d, args.batch, 0, args.batch, prefetch=False
+                    )
         for design, d in _designs(args.batch).items():
-            runs[name, design] = partial(evaluate_design, sampler, [brightness], d, args.batch, 0, args.batch)
-            runs[name, design, "noise"] = partial(_draw_noise, sampler, d, args.batch)
+            runs[name, "noise", design] = partial(_draw_noise, sampler, d, args.batch)
     for key, run in runs.items():  # warm-up (the DDPM runs' first repeat warms nothing more)
-        if key[0].startswith("DDIM"):
+        if key[0].startswith("DDIM") or key[1] != "unet":
             run()
     times = {key: [] for key in runs}
     for _ in range(args.repeats):
-        for key, run in runs.items():
+        for key, run in runs.items():  # plain, then every design, back to back, per sampler and network
             times[key].append(_timed(run))
 
-    print(f"\n{'sampler':<10} {'design':<9} {'plain ms/eval':>14} {'mcdiff ms/eval':>15} {'overhead':>9} "
-          f"{'noise ms/eval':>14}")
-    summary = {}
+    per_eval = {key: np.array(t) / args.batch * 1e3 for key, t in times.items()}
+    print(
+        f"\n{'sampler':<10} {'design':<9} {'plain ms/eval':>14} {'mcdiff ms/eval':>15} "
+        f"{'overhead (range)':>24} {'null-net overhead':>18} {'one thread':>11} {'noise ms/eval':>14}"
+    )
+    summary, null_summary, serial_summary = {}, {}, {}
     for name in labels:
-        plain = min(times[name, "plain"]) / args.batch * 1e3
+        plain = per_eval[name, "unet", "plain"]
+        null_plain = np.median(per_eval[name, "null", "plain"])
         for design in DESIGN_NAMES:
-            ours = min(times[name, design]) / args.batch * 1e3
-            noise = min(times[name, design, "noise"]) / args.batch * 1e3
-            summary[name, design] = ours / plain - 1
-            print(f"{name:<10} {design:<9} {plain:>14.3f} {ours:>15.3f} {ours / plain - 1:>9.1%} {noise:>14.3f}")
-    print(f"\nlargest overhead: {max(summary.values()):.1%} ({max(summary, key=summary.get)})")
+            ours = per_eval[name, "unet", design]
+            ratios = ours / plain - 1
+            summary[name, design] = np.median(ratios)
+            for net, table in (("null", null_summary), ("null serial", serial_summary)):
+                table[name, design] = (np.median(per_eval[name, net, design]) - null_plain) / np.median(plain)
+            spread = f"[{ratios.min():+.1%}, {ratios.max():+.1%}]"
+            print(
+                f"{name:<10} {design:<9} {np.median(plain):>14.3f} {np.median(ours):>15.3f} "
+                f"{np.median(ratios):>+8.1%} {spread:>15} {null_summary[name, design]:>+18.2%} "
+                f"{serial_summary[name, design]:>+11.2%} {np.median(per_eval[name, 'noise', design]):>14.3f}"
+            )
+    worst, worst_null = max(summary, key=summary.get), max(null_summary, key=null_summary.get)
+    print(f"\nlargest median overhead: {summary[worst]:+.1%} ({' '.join(worst)})")
+    print(f"largest null-net overhead: {null_summary[worst_null]:+.2%} ({' '.join(worst_null)})")
+    worst_serial = max(serial_summary, key=serial_summary.get)
+    print(f"largest null-net overhead, one thread: {serial_summary[worst_serial]:+.2%} ({' '.join(worst_serial)})")
 
     if not args.no_memory:
         low, high = (_peak_memory_mb(args, s) for s in (10, args.ddpm_steps))

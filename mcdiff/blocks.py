@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,7 +63,8 @@ def evaluate_design(
     asks for it (:meth:`~mcdiff.designs.Design.noise`). With ``prefetch`` (by default when
     the sampler is not on the CPU, or torch uses fewer threads than there are processors)
     the next batch's CPU part, RQMC's Sobol' points, is computed on a second thread while
-    the current batch runs; the values are the same.
+    the current batch runs, and each batch's step noise is generated one chunk ahead of
+    the sampler (:class:`~mcdiff.designs.DesignNoise`); the values are the same.
     """
     step = batch_size - batch_size % design.unit
     first, last = start, n_evals if stop is None else stop
@@ -70,45 +72,46 @@ def evaluate_design(
         raise ValueError(f"addresses [{first}, {last}) split a pair of design {design.name!r}")
     batches = [(lo, min(last, lo + step)) for lo in range(first, last, step)]
 
-    def noise_of(lo: int, hi: int):
-        spec, device, dtype = sampler.noise_spec, sampler.device, sampler.dtype
-        return design.noise(spec, seed, lo, hi, n_evals, device=device, dtype=dtype)
-
-    if prefetch is None:  # a thread of its own pays where the model leaves a processor idle
+    if prefetch is None:  # threads of their own pay where the model leaves a processor idle
         prefetch = sampler.device.type != "cpu" or torch.get_num_threads() < (os.cpu_count() or 1)
-    noises = _one_ahead(noise_of, batches) if prefetch else (noise_of(*b) for b in batches)
-    values: dict[str, np.ndarray] = {}
-    for (lo, hi), noise in zip(batches, noises):
-        with torch.inference_mode():
-            images = sampler(noise)
-        _check_images(images, hi - lo, sampler)
-        for stat in statistics:
-            batch = stat(images)
-            bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
-            if bad.any():
-                addresses = (np.flatnonzero(bad) + lo).tolist()
-                raise ValueError(
-                    f"statistic {stat.name!r} is not finite (NaN or inf) at evaluations "
-                    f"{addresses[:10]}{' ...' if len(addresses) > 10 else ''} of design {design.name!r}"
-                )
-            if stat.name not in values:
-                values[stat.name] = np.empty((last - first, *batch.shape[1:]))
-            elif batch.shape[1:] != values[stat.name].shape[1:]:
-                raise ValueError(
-                    f"statistic {stat.name!r} changed shape from {values[stat.name].shape[1:]} "
-                    f"to {batch.shape[1:]} between batches"
-                )
-            values[stat.name][lo - first : hi - first] = batch
-        on_batch(hi - lo)
-    return values
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mcdiff-noise") if prefetch else nullcontext() as pool:
+
+        def noise_of(lo: int, hi: int):
+            spec, device, dtype = sampler.noise_spec, sampler.device, sampler.dtype
+            return design.noise(spec, seed, lo, hi, n_evals, device=device, dtype=dtype, ahead=pool)
+
+        noises = _one_ahead(pool, noise_of, batches) if prefetch else (noise_of(*b) for b in batches)
+        values: dict[str, np.ndarray] = {}
+        for (lo, hi), noise in zip(batches, noises):
+            with torch.inference_mode():
+                images = sampler(noise)
+            _check_images(images, hi - lo, sampler)
+            for stat in statistics:
+                batch = stat(images)
+                bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
+                if bad.any():
+                    addresses = (np.flatnonzero(bad) + lo).tolist()
+                    raise ValueError(
+                        f"statistic {stat.name!r} is not finite (NaN or inf) at evaluations "
+                        f"{addresses[:10]}{' ...' if len(addresses) > 10 else ''} of design {design.name!r}"
+                    )
+                if stat.name not in values:
+                    values[stat.name] = np.empty((last - first, *batch.shape[1:]))
+                elif batch.shape[1:] != values[stat.name].shape[1:]:
+                    raise ValueError(
+                        f"statistic {stat.name!r} changed shape from {values[stat.name].shape[1:]} "
+                        f"to {batch.shape[1:]} between batches"
+                    )
+                values[stat.name][lo - first : hi - first] = batch
+            on_batch(hi - lo)
+        return values
 
 
-def _one_ahead(make: Callable, arguments: Sequence[tuple]) -> Iterator:
-    """``make(*a)`` for each ``a`` in order, each made on a second thread while the one before is used."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mcdiff-noise") as pool:
-        future = pool.submit(make, *arguments[0]) if arguments else None
-        for k in range(len(arguments)):
-            made = future.result()
-            if k + 1 < len(arguments):
-                future = pool.submit(make, *arguments[k + 1])
-            yield made
+def _one_ahead(pool: Executor, make: Callable, arguments: Sequence[tuple]) -> Iterator:
+    """``make(*a)`` for each ``a`` in order, each made on ``pool`` while the one before is used."""
+    future = pool.submit(make, *arguments[0]) if arguments else None
+    for k in range(len(arguments)):
+        made = future.result()
+        if k + 1 < len(arguments):
+            future = pool.submit(make, *arguments[k + 1])
+        yield made

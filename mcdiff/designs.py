@@ -11,13 +11,16 @@ initial noise before the first step, each step's injected noise at that step, so
 O(batch x one image) whatever the number of steps. Pseudo-random coordinates come from
 Philox4x32-10 keyed by ``(seed, design, stream)`` with the counter ``(position, step,
 component)`` (:func:`mcdiff.noise.standard_normal`); RQMC's Sobol' coordinates, the small part
-(at most :data:`SOBOL_MAX_DIM` per evaluation), are computed once per batch on the CPU.
+(at most :data:`SOBOL_MAX_DIM` per evaluation), are computed once per batch: the Sobol' points
+and their inverse normal CDF on the CPU, their nested scrambling (integer hashing, the dear
+part) on the sampler's device.
 
 What is identical where: the 32-bit Philox words are integer arithmetic and the same on every
-device; the normals made from them (``log``, ``cos``, ``sin``) and the inverse DCT are
-bit-identical for any batch, block, executor, resume or shard *on one device type*, and agree
-between CPU and GPU to a few float32 ulps (about 1e-6), not bit for bit. Sobol' coordinates
-are computed in float64 on the CPU everywhere, then cast.
+device, and so are the scrambled Sobol' integers; the normals made from them (``log``,
+``cos``, ``sin``) and the inverse DCT are bit-identical for any batch, block, executor, resume,
+shard or chunk *on one device type*, and agree between CPU and GPU to a few float32 ulps
+(about 1e-6), not bit for bit. Sobol' normals are computed in float64 on the CPU everywhere,
+then cast.
 
 Each evaluation also carries a *group id*: the unit the estimator averages before it forms
 a confidence interval (an evaluation for plain MC, a pair for antithetic sampling, a
@@ -39,6 +42,7 @@ import functools
 import math
 import warnings
 from abc import ABC, abstractmethod
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,12 +50,40 @@ import torch
 from scipy.special import ndtri
 from scipy.stats import qmc
 
-from mcdiff.noise import Noise, NoiseSpec, _mix64, component_id, key_words, standard_normal, stream_keys
+from mcdiff.noise import (
+    Noise,
+    NoiseSpec,
+    _mix64,
+    _shift_right,
+    as_words,
+    component_id,
+    key_words,
+    standard_normal,
+    stream_keys,
+)
 
 SOBOL_MAX_DIM = 21201
 """The largest dimension of scipy's Sobol' direction numbers."""
 
 _SOBOL_BITS = 30
+
+CHUNK_VALUES = {"cpu": 2**17, "accelerator": 2**23}
+"""How many values one pass of elementwise integer work covers, by device.
+
+:class:`DesignNoise` generates this many noise values per batch at once when a sampler steps
+through time, and :func:`_nested_scramble` hashes this many Sobol' coordinates at once. On the
+CPU a chunk's integer work stays in the cache (``2^15`` Philox blocks, 256 KiB per word); on
+a GPU (any other device type) each of the generator's ~130 tensor operations is a kernel
+launch, so a chunk spans several steps of a large batch (``2^23`` values, 32 MiB in float32;
+about 250 MiB at the generator's peak, measured on the CPU) and the launches are paid once a
+chunk, not once a step. The values do not depend on the chunk (every operation is elementwise).
+"""
+
+
+def _chunk_values(device: torch.device) -> int:
+    return CHUNK_VALUES["cpu" if device.type == "cpu" else "accelerator"]
+
+
 _TAGS = {"mc": 0, "amc": 1, "rqmc": 2, "amc-rqmc": 3}
 _STREAM_KEY = 1 << 16
 _SCRAMBLE_WORDS = {"nested": "nested-scrambled", "lms": "LMS+shift-scrambled"}
@@ -107,8 +139,13 @@ class Design(ABC):
     def _streams(self, seed: int, addresses: np.ndarray, n_evals: int) -> Streams:
         """The pseudo-random streams of ``addresses`` (:class:`Streams`)."""
 
-    def _leading(self, dim: int, seed: int, addresses: np.ndarray, n_evals: int) -> np.ndarray | None:
-        """Normals ``(len(addresses), lead)`` of the leading coordinates, or ``None`` (all pseudo-random)."""
+    def _leading(
+        self, dim: int, seed: int, addresses: np.ndarray, n_evals: int, device: torch.device
+    ) -> np.ndarray | None:
+        """Normals ``(len(addresses), lead)`` of the leading coordinates, or ``None`` (all pseudo-random).
+
+        ``device`` is where the sampler runs: the integer work of scrambling may run there.
+        """
         return None
 
     def _basis(self, dim: int) -> str:
@@ -124,19 +161,21 @@ class Design(ABC):
         n_evals: int,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float64,
+        ahead: Executor | None = None,
     ) -> DesignNoise:
         """The noise of evaluations ``start .. stop - 1`` of a run of ``n_evals``, drawn when asked.
 
         Returns a :class:`~mcdiff.noise.Noise` whose components are generated on ``device``
         in ``dtype`` when a sampler reads them (``noise[name]`` or ``noise.step(name, i)``);
-        only the leading Sobol' coordinates of RQMC designs are computed here, on the CPU.
-        The values depend only on ``(seed, design, address, component, step)`` and ``dtype``.
+        only the leading Sobol' coordinates of RQMC designs are computed here. With an
+        executor ``ahead``, step noise is generated one chunk ahead on its threads. The
+        values depend only on ``(seed, design, address, component, step)`` and ``dtype``.
         """
         seed = check_seed(seed)
         self.check_n(n_evals)
         if not 0 <= start <= stop <= n_evals:
             raise ValueError(f"addresses [{start}, {stop}) are outside [0, {n_evals})")
-        return DesignNoise(self, spec, seed, start, stop, n_evals, torch.device(device), dtype)
+        return DesignNoise(self, spec, seed, start, stop, n_evals, torch.device(device), dtype, ahead)
 
     def draw(
         self, spec: NoiseSpec, seed: int, start: int, stop: int, n_evals: int
@@ -435,7 +474,7 @@ class SobolRQMC(Design):
         keys = stream_keys(seed, _TAGS[self.name], unique // per_replicate, 1, unique % per_replicate)
         return Streams(keys, points - first, reflected)
 
-    def _leading(self, dim, seed, addresses, n_evals):
+    def _leading(self, dim, seed, addresses, n_evals, device):
         tag = _TAGS[self.name]
         lead = min(dim, self.max_dim)
         per_replicate = self.points_per_replicate(n_evals)
@@ -444,12 +483,14 @@ class SobolRQMC(Design):
         for r in np.unique(points // per_replicate):
             rows = np.flatnonzero(points // per_replicate == r)
             k = points[rows] - r * per_replicate
-            u = self._unit_points(lead, _rng(seed, tag, int(r), 0), int(k[0]), int(k[-1] - k[0] + 1))
+            u = self._unit_points(lead, _rng(seed, tag, int(r), 0), int(k[0]), int(k[-1] - k[0] + 1), device)
             out[rows] = ndtri(u)[k - k[0]]
         out[reflected] *= -1.0
         return out
 
-    def _unit_points(self, dim: int, rng: np.random.Generator, first: int, count: int) -> np.ndarray:
+    def _unit_points(
+        self, dim: int, rng: np.random.Generator, first: int, count: int, device: torch.device
+    ) -> np.ndarray:
         """Points ``first .. first + count - 1`` of one scrambled replicate, centred in their cells.
 
         Both scrambles keep every replicate a (t, m, s)-net; each point is moved to the centre
@@ -465,11 +506,11 @@ class SobolRQMC(Design):
             else:
                 key = int(rng.integers(0, 2**64, dtype=np.uint64))
                 ints = (engine.random(count) * 2.0**_SOBOL_BITS).astype(np.uint64)
-                u = _nested_scramble(ints, key) * 2.0**-_SOBOL_BITS
+                u = _nested_scramble(ints, key, device) * 2.0**-_SOBOL_BITS
         return u + 2.0 ** -(_SOBOL_BITS + 1)
 
 
-def _nested_scramble(points: np.ndarray, key: int) -> np.ndarray:
+def _nested_scramble(points: np.ndarray, key: int, device: torch.device) -> np.ndarray:
     r"""Owen's nested uniform scramble of ``bits``-bit integer points, one keyed hash per node.
 
     Write coordinate ``j`` of a point as ``x = sum_k a_k 2^(b-k)`` with ``b = _SOBOL_BITS``
@@ -483,29 +524,40 @@ def _nested_scramble(points: np.ndarray, key: int) -> np.ndarray:
     independent fair coins of nested uniform scrambling, truncated at ``b`` bits (the
     randomisation below ``2^-b`` is the cell centring of the caller).
 
+    The hashes (about 900 integer operations per coordinate) run as torch integer operations
+    on ``device``, in pieces of :data:`CHUNK_VALUES` coordinates: on a GPU this is the
+    cheap part of a batch; on the CPU it costs about 1.2 us per coordinate. The words are
+    the same on every device.
+
     Parameters
     ----------
     points : array (n, d) of uint64
         Unscrambled points, each coordinate an integer in ``[0, 2^b)``.
     key : int
         Random 64-bit key of the replicate.
+    device : torch.device
+        Where to hash.
 
     Returns
     -------
     array (n, d) of uint64
         The scrambled integers.
     """
-    bits = np.uint64(_SOBOL_BITS)
-    column = np.arange(points.shape[1], dtype=np.uint64) << np.uint64(_SOBOL_BITS + 5)
-    key64 = np.uint64(key)
-    flips = np.zeros_like(points)
-    for k in range(1, _SOBOL_BITS + 1):
-        level = np.uint64(k)
-        prefix = points >> (bits - level + np.uint64(1))
-        node = prefix | (level << bits) | column
-        coin = _mix64(_mix64(node) ^ key64) >> np.uint64(63)
-        flips |= coin << (bits - level)
-    return points ^ flips
+    bits = _SOBOL_BITS
+    words = as_words(points).to(device)
+    column = torch.arange(points.shape[1], device=device, dtype=torch.int64) << (bits + 5)
+    key64 = int(as_words(key))
+    rows = max(1, _chunk_values(device) // max(1, points.shape[1]))
+    out = torch.empty_like(words)
+    for first in range(0, len(words), rows):
+        x = words[first : first + rows]
+        flips = torch.zeros_like(x)
+        for k in range(1, bits + 1):
+            node = (x >> (bits - k + 1)) | (column | (k << bits))
+            coin = _shift_right(_mix64(_mix64(node) ^ key64), 63)
+            flips |= coin << (bits - k)
+        out[first : first + rows] = x ^ flips
+    return np.ascontiguousarray(out.cpu().numpy()).view(np.uint64)
 
 
 @dataclass(frozen=True)
@@ -564,18 +616,23 @@ def _coordinate_ranks(shape: tuple[int, ...], basis: str) -> tuple[np.ndarray, n
 def _inverse_dct(coefficients: torch.Tensor, axes: int) -> torch.Tensor:
     """Orthonormal inverse DCT-II of the last ``axes`` (1 or 2) axes: maps N(0, I) to N(0, I).
 
-    ``x_n = sum_k s_k c_k cos(pi (2n + 1) k / 2N)`` with ``s_0 = sqrt(1/N)``, ``s_k = sqrt(2/N)``,
-    summed term by term in ``k`` order with elementwise operations on the tensor's own device,
-    so that each value is the same whatever the batch (a matrix product's summation order
-    may depend on its shape).
+    ``x_n = sum_k s_k c_k cos(pi (2n + 1) k / 2N)`` with ``s_0 = sqrt(1/N)``, ``s_k = sqrt(2/N)``.
+    Since ``cos(pi (2(N-1-n) + 1) k / 2N) = (-1)^k cos(pi (2n + 1) k / 2N)``, the even-``k`` and
+    odd-``k`` sums ``E_n``, ``O_n`` over the first half of the positions give both halves,
+    ``x_n = E_n + O_n`` and ``x_{N-1-n} = E_n - O_n``: half the arithmetic of the direct sum. Each
+    sum runs term by term in ``k`` order with elementwise operations on the tensor's own
+    device, so that each value is the same whatever the batch (a matrix product's summation
+    order may depend on its shape).
     """
     for axis in range(-axes, 0):
         moved = torch.movedim(coefficients, axis, -1)
-        basis = _dct_matrix(moved.shape[-1], moved.device, moved.dtype)
-        out = torch.zeros_like(moved)
-        for k in range(moved.shape[-1]):
-            out.addcmul_(moved[..., k : k + 1], basis[k])
-        coefficients = torch.movedim(out, -1, axis)
+        n = moved.shape[-1]
+        basis = _dct_matrix(n, moved.device, moved.dtype)[:, : (n + 1) // 2]
+        even, odd = (torch.zeros_like(moved[..., : (n + 1) // 2]) for _ in range(2))
+        for k in range(n):
+            (odd if k % 2 else even).addcmul_(moved[..., k : k + 1], basis[k])
+        mirrored = (even - odd)[..., : n // 2].flip(-1)
+        coefficients = torch.movedim(torch.cat([even.add_(odd), mirrored], dim=-1), -1, axis)
     return coefficients
 
 
@@ -588,10 +645,6 @@ def _dct_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tenso
     return torch.from_numpy(basis).to(device=device, dtype=dtype)
 
 
-CHUNK_VALUES = 2**17
-"""Noise values per batch that :class:`DesignNoise` generates at once when a sampler steps through time."""
-
-
 class DesignNoise(Noise):
     """The noise of a batch of addresses under one design, generated when a sampler asks for it.
 
@@ -600,13 +653,16 @@ class DesignNoise(Noise):
     this object is made, replace their share of them; the DCT basis is undone last.
 
     ``noise.step("steps", i)`` generates the frames of steps ``i, i + 1, ...`` together, as
-    many as fill :data:`CHUNK_VALUES` values for the batch (one step when a step alone is
-    larger), keeps them until a step outside them is asked for, and hands out step ``i``:
-    memory is bounded by one chunk, whatever the number of steps, and small batches pay
-    the per-operation cost of the generator once a chunk instead of once a step.
+    many whole steps as fill :data:`CHUNK_VALUES` values for the batch on its device (one
+    step when a step alone is larger), keeps them until a step outside them is asked for,
+    and hands out step ``i``: memory is bounded by two chunks, whatever the number of steps,
+    and small batches pay the per-operation cost of the generator once a chunk instead of
+    once a step. With an executor ``ahead``, the chunk after the one in use is generated on
+    its thread while the sampler runs, so that where a processor is free (or the device
+    queues the work) the sampler does not wait for its noise; the values are the same.
     """
 
-    def __init__(self, design, spec, seed, start, stop, n_evals, device, dtype):
+    def __init__(self, design, spec, seed, start, stop, n_evals, device, dtype, ahead: Executor | None = None):
         if not dtype.is_floating_point:
             raise ValueError(f"noise dtype must be floating point, got {dtype}")
         self.spec = {name: tuple(int(s) for s in shape) for name, shape in spec.items()}
@@ -615,13 +671,14 @@ class DesignNoise(Noise):
         addresses = np.arange(start, stop)
         self.streams = design._streams(seed, addresses, n_evals)
         self.basis = design._basis(dim)
-        self._leading_values = design._leading(dim, seed, addresses, n_evals)
+        self._leading_values = design._leading(dim, seed, addresses, n_evals, device)
         self._leading_tensor: torch.Tensor | None = None
         self._ranks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         offsets = np.cumsum([0] + [math.prod(s) for s in self.spec.values()])
         self._offsets = dict(zip(self.spec, offsets.tolist()))
         self._key = key_words(self.streams.keys, device)
         self._chunk: tuple[str, int, torch.Tensor] | None = None
+        self._ahead, self._pending = ahead, None
         self._index = None if self.streams.index is None else torch.from_numpy(self.streams.index).to(device)
         self._sign = (
             None
@@ -642,11 +699,26 @@ class DesignNoise(Noise):
         first, last = index * per_step, (index + 1) * per_step
         held, start, frames = self._chunk or (None, 0, None)
         if held != name or not start <= first < last <= start + frames.shape[1]:
-            _, count = _frame_layout(shape)
-            ahead = max(last - first, CHUNK_VALUES // (self.batch * math.prod(shape[-3:])))
-            start, frames = first, self._frames(name, np.arange(first, min(count, first + ahead)))
+            start, frames = first, self._chunk_from(name, first)
             self._chunk = (name, start, frames)
+            following = start + frames.shape[1]
+            if self._ahead is not None and following < _frame_layout(shape)[1]:
+                self._pending = (name, following, self._ahead.submit(self._make_chunk, name, following))
         return frames[:, first - start : last - start].reshape(self.batch, *shape[1:])
+
+    def _chunk_from(self, name: str, first: int) -> torch.Tensor:
+        """The chunk that starts at frame ``first``: the one made ahead if it is that one."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[:2] == (name, first) and not pending[2].cancel():
+            return pending[2].result()  # running or done: its work is the work needed
+        return self._make_chunk(name, first)
+
+    def _make_chunk(self, name: str, first: int) -> torch.Tensor:
+        """As many whole steps from frame ``first`` as fill :data:`CHUNK_VALUES` (at least one)."""
+        shape = self.spec[name]
+        per_step, (frame, count) = math.prod(shape[1:-3]), _frame_layout(shape)
+        steps = max(1, _chunk_values(self.device) // (self.batch * math.prod(frame) * per_step))
+        return self._frames(name, np.arange(first, min(count, first + steps * per_step)))
 
     def _frames(self, name: str, frames: np.ndarray) -> torch.Tensor:
         """Frames ``frames`` of component ``name``: ``(B, len(frames), *frame)``."""

@@ -38,20 +38,6 @@ _PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 _PHILOX_W = (0x9E3779B9, 0xBB67AE85)
 
 
-def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32-bit words of the 64-bit product ``a * m``, for ``a, m < 2^32``.
-
-    The product is formed in int64, which wraps modulo 2^64 in torch on every device (two's
-    complement; the AVX2, AVX-512 and CUDA kernels and the scalar fallback all wrap), so its
-    bits are the unsigned product's; an arithmetic shift and a mask take the words apart.
-    ``tests/test_noise.py`` checks the words against exact integer products and the
-    published known answers, so a platform where this failed would be caught. (Splitting
-    ``m`` into 16-bit halves avoids the wrap but made the generator 3.3 times slower here.)
-    """
-    product = a * m
-    return (product >> 32) & _MASK, product & _MASK
-
-
 def philox4x32(
     counter: tuple[torch.Tensor, ...], key: tuple[torch.Tensor, torch.Tensor], rounds: int = 10
 ) -> tuple[torch.Tensor, ...]:
@@ -63,6 +49,15 @@ def philox4x32(
         (x0, x1, x2, x3) = (hi1 ^ x1 ^ k0, lo1, hi0 ^ x3 ^ k1, lo0)
 
     and the key is bumped by the Weyl constants ``(0x9E3779B9, 0xBB67AE85)`` between rounds.
+    The words are int64 tensors. A 64-bit product is formed in int64, which wraps modulo
+    2^64 in torch on every device (two's complement; the AVX2, AVX-512 and CUDA kernels and
+    the scalar fallback all wrap), so its bits are the unsigned product's: ``p >> 32``
+    (arithmetic) holds ``hi`` in its low 32 bits and ``p`` itself ``lo``
+    (``tests/test_noise.py`` checks this against exact integer products; splitting ``M``
+    into 16-bit halves avoids the wrap but was 3.3 times slower). Only ``x0`` and ``x2`` are
+    multiplied, so only they are masked to 32 bits each round; the other words keep bits
+    above 32 that reach a multiply only through an XOR whose result is masked (10 tensor
+    operations a round instead of 12, the same words).
 
     Parameters
     ----------
@@ -77,22 +72,43 @@ def philox4x32(
     -------
     four int64 tensors of the broadcast shape, each word in ``[0, 2^32)``
     """
-    x0, x1, x2, x3 = counter
     k0, k1 = key
+    x0, x1, x2, x3 = torch.broadcast_tensors(*counter, k0, k1)[:4]  # views: nothing is copied
+    bump = torch.arange(rounds, device=k0.device, dtype=torch.int64).reshape(rounds, *([1] * k0.dim()))
+    round_k0 = (k0 + bump * _PHILOX_W[0]) & _MASK  # every round's key at once
+    round_k1 = (k1 + bump * _PHILOX_W[1]) & _MASK
     for r in range(rounds):
-        if r:
-            k0, k1 = (k0 + _PHILOX_W[0]) & _MASK, (k1 + _PHILOX_W[1]) & _MASK
-        hi0, lo0 = _mulhilo(x0, _PHILOX_M[0])
-        hi1, lo1 = _mulhilo(x2, _PHILOX_M[1])
-        x0, x1, x2, x3 = hi1 ^ x1 ^ k0, lo1, hi0 ^ x3 ^ k1, lo0
-    return x0, x1, x2, x3
+        p0, p1 = x0 * _PHILOX_M[0], x2 * _PHILOX_M[1]
+        x0 = (p1 >> 32).bitwise_xor_(x1).bitwise_xor_(round_k0[r]).bitwise_and_(_MASK)
+        x2 = (p0 >> 32).bitwise_xor_(x3).bitwise_xor_(round_k1[r]).bitwise_and_(_MASK)
+        x1, x3 = p1, p0
+    return x0, x1 & _MASK, x2, x3 & _MASK
 
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser: a bijection of uint64 that mixes every input bit into all outputs."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+_SPLITMIX = (0xBF58476D1CE4E5B9 - 2**64, 0x94D049BB133111EB - 2**64)
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+"""splitmix64's multipliers and increment as the int64 numbers with their bits."""
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 tensors that hold uint64 bits (torch's ``>>`` is arithmetic)."""
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser, a bijection of 64-bit words that mixes every bit into all bits.
+
+    On int64 tensors holding uint64 bits: shifts are logical and products wrap modulo 2^64
+    (see :func:`philox4x32`), so the words are those of the unsigned algorithm on any device.
+    """
+    x = (x ^ _shift_right(x, 30)) * _SPLITMIX[0]
+    x = (x ^ _shift_right(x, 27)) * _SPLITMIX[1]
+    return x ^ _shift_right(x, 31)
+
+
+def as_words(values: int | np.ndarray) -> torch.Tensor:
+    """Non-negative integers below 2^64 (or uint64 arrays) as int64 tensors with the same bits."""
+    return torch.from_numpy(np.asarray(values, dtype=np.uint64).view(np.int64))
 
 
 def stream_keys(seed: int, *index: int | np.ndarray) -> np.ndarray:
@@ -102,12 +118,11 @@ def stream_keys(seed: int, *index: int | np.ndarray) -> np.ndarray:
     in by ``key = splitmix64(key ^ splitmix64(word))``, so distinct index tuples give distinct
     keys but for chance collisions (probability about ``n^2 / 2^65`` among ``n`` streams).
     """
-    base = np.random.SeedSequence(seed).generate_state(1, np.uint64)[0]
-    key = np.full(np.broadcast_shapes(*(np.shape(i) for i in index)), base, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for word in index:
-            key = _mix64(key ^ _mix64(np.asarray(word, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)))
-    return key
+    base = as_words(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0])
+    key = base.expand(np.broadcast_shapes(*(np.shape(i) for i in index)))
+    for word in index:
+        key = _mix64(key ^ _mix64(as_words(word) + _GOLDEN))
+    return key.numpy().view(np.uint64)
 
 
 def component_id(name: str) -> int:

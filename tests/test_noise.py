@@ -5,6 +5,7 @@ chance that a correct generator would fail it.
 """
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,16 +13,16 @@ import torch
 from scipy import stats
 
 import mcdiff
+import mcdiff.designs
 from mcdiff.blocks import evaluate_design
 from mcdiff.designs import Antithetic, MonteCarlo, SobolRQMC
 from mcdiff.functionals import pixel_mean
 from mcdiff.noise import (
     Noise,
     TensorNoise,
-    _mulhilo,
     component_id,
-    philox4x32,
     key_words,
+    philox4x32,
     standard_normal,
     stream_keys,
 )
@@ -59,14 +60,15 @@ def test_philox_matches_the_published_known_answers(counter, key, expected):
     assert [int(w) for w in out] == list(expected)
 
 
-def test_mulhilo_is_the_exact_64_bit_product():
+def test_int64_products_wrap_to_the_exact_64_bit_product():
+    """What philox4x32 relies on: ``a * M`` in int64 holds the unsigned product's 64 bits."""
     rng = np.random.default_rng(0)
     a = np.concatenate([rng.integers(0, 2**32, 1000), [0, 1, 2**32 - 1]])
     for m in (0xD2511F53, 0xCD9E8D57):
-        hi, lo = _mulhilo(torch.from_numpy(a), m)
+        p = torch.from_numpy(a) * m
         product = [int(x) * m for x in a]
-        assert hi.tolist() == [p >> 32 for p in product]
-        assert lo.tolist() == [p & 0xFFFFFFFF for p in product]
+        assert ((p >> 32) & 0xFFFFFFFF).tolist() == [q >> 32 for q in product]
+        assert (p & 0xFFFFFFFF).tolist() == [q & 0xFFFFFFFF for q in product]
 
 
 def test_normals_are_standard_normal_and_independent_across_streams_steps_and_positions():
@@ -200,6 +202,27 @@ def test_stochastic_samplers_read_each_steps_noise_at_that_step(make):
     images = sampler(guarded)
     assert guarded.asked == list(range(sampler.noise_spec["steps"][0]))  # DDPM draws none at t = 0
     assert torch.equal(images, sampler(TensorNoise(dict(design_noise))))
+
+
+@pytest.mark.parametrize("design", DESIGNS, ids=IDS)
+def test_step_noise_made_a_chunk_ahead_on_another_thread_is_the_same(design, monkeypatch):
+    """Chunks of 1, 2 and 3 steps, each made ahead on a worker while the one before is used."""
+    reference = design.noise(SPEC, 5, 0, 8, 8)["steps"]
+    for steps_per_chunk in (1, 2, 3):
+        monkeypatch.setitem(mcdiff.designs.CHUNK_VALUES, "cpu", steps_per_chunk * 8 * 16)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            noise = design.noise(SPEC, 5, 0, 8, 8, ahead=pool)
+            for i in [0, 1, 2, 3, 4, 2, 3, 0, 4]:  # in order, then out of order
+                assert torch.equal(noise.step("steps", i), reference[:, i])
+
+
+def test_prefetching_step_noise_changes_no_value(monkeypatch):
+    monkeypatch.setitem(mcdiff.designs.CHUNK_VALUES, "cpu", 2 * 16 * 16)  # 2 steps a chunk
+    sampler = mcdiff.GaussianSampler(image_shape=(1, 4, 4), num_inference_steps=7, scheduler="DDPMScheduler")
+    args = (sampler, [pixel_mean], SobolRQMC(replicates=4, antithetic=True, max_dim=40), 64, 3, 16)
+    plain = evaluate_design(*args, prefetch=False)["pixel_mean"]
+    ahead = evaluate_design(*args, prefetch=True)["pixel_mean"]
+    np.testing.assert_array_equal(plain, ahead)
 
 
 def test_prefetching_the_next_batch_changes_no_value(affine_model):

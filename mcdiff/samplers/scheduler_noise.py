@@ -81,8 +81,8 @@ class NoiseSupply:
                 f"{'x_T' if latent else 'step'} noise is {tuple(z.shape)} (a batch of {batch})"
             )
         z = z.reshape(batch, *rest)
-        # a pipeline that batches conditional and unconditional branches (DiT) asks for every copy
-        z = z.repeat(shape[0] // batch, *([1] * len(rest)))
+        if shape[0] > batch:  # a pipeline that batches conditional and unconditional branches (DiT)
+            z = z.repeat(shape[0] // batch, *([1] * len(rest)))
         return z.to(device=device or z.device, dtype=dtype or z.dtype)
 
     def next_step_noise(self, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
