@@ -526,7 +526,7 @@ def _nested_scramble(points: np.ndarray, key: int, device: torch.device) -> np.n
 
     The hashes (about 900 integer operations per coordinate) run as torch integer operations
     on ``device``, in pieces of :data:`CHUNK_VALUES` coordinates: on a GPU this is the
-    cheap part of a batch; on the CPU it costs about 1.2 us per coordinate. The words are
+    cheap part of a batch; on the CPU it costs about 0.4 us per coordinate. The words are
     the same on every device.
 
     Parameters
