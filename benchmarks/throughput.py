@@ -17,7 +17,13 @@ Two measures of the overhead, ``mcdiff / plain - 1``:
   plumbing, the statistic) with little timing noise; divided by the plain loop's time with
   the UNet it is the overhead that the UNet run would show without the timing noise.
   ``one thread`` is the same with ``prefetch=False``: every noise draw made on the
-  sampler's thread when it is needed, none ahead on a free processor.
+  sampler's thread when it is needed, none ahead on a free processor. With a network that
+  costs nothing there is nothing to overlap with, so both are upper bounds.
+- ``idle-net overhead`` (CPU only): both loops with a network that sleeps ``--idle-ms`` per
+  call and then costs nothing, a stand-in for a network that runs on a GPU and leaves the
+  CPU free; mcdiff's noise is then made ahead on a worker thread while the network runs.
+  Relative to the plain loop with that network; each run is 4 batches, so that the next
+  batch's Sobol' points can be made while one runs (the first batch's cannot).
 
 ``noise ms/eval`` is the time to generate one evaluation's whole noise path alone.
 
@@ -32,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -41,6 +46,7 @@ from functools import partial
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from memory_and_dask import peak_rss_mb  # a script beside this one
 
 from mcdiff.blocks import evaluate_design
 from mcdiff.designs import DESIGN_NAMES, SobolRQMC, get_design
@@ -65,6 +71,8 @@ CONFIGS = {
     },
 }
 RUNS = (("DDIM", DDIMScheduler, 50), ("DDPM", DDPMScheduler, 1000))
+IDLE_BATCHES = 4
+"""Batches per run with the idle network: batch ``k + 1``'s Sobol' points are made while ``k`` runs."""
 
 
 def _unet(config: str, size: int, device: torch.device, dtype: torch.dtype) -> UNet2DModel:
@@ -74,13 +82,20 @@ def _unet(config: str, size: int, device: torch.device, dtype: torch.dtype) -> U
 
 
 class NullNetwork(torch.nn.Module):
-    """A network that costs next to nothing: ``eps(x, t) = 0.1 x``, on the device and dtype of its buffer."""
+    """A network that costs next to nothing, ``eps(x, t) = 0.1 x``, after ``idle`` seconds of sleep.
 
-    def __init__(self, device: torch.device, dtype: torch.dtype):
+    Sleeping holds up the caller without using a processor: a network that leaves the CPU
+    free while it runs, as one on a GPU does.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, idle: float = 0.0):
         super().__init__()
         self.register_buffer("scale", torch.tensor(0.1, device=device, dtype=dtype))
+        self.idle = idle
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.idle:
+            time.sleep(self.idle)
         return x * self.scale
 
 
@@ -106,6 +121,11 @@ def _draw_noise(sampler, design, batch) -> None:
     noise["x_T"]
     for i in range(sampler.noise_spec["steps"][0] if "steps" in sampler.noise_spec else 0):
         noise.step("steps", i)
+
+
+def _repeat(run, times: int) -> None:
+    for _ in range(times):
+        run()
 
 
 def _designs(batch: int) -> dict:
@@ -161,7 +181,7 @@ def memory_child(args, steps: int) -> None:
         print(torch.cuda.max_memory_allocated() / 2**20)
     else:
         run(stop=2 * (args.batch // 2))
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # Linux: KiB
+        print(peak_rss_mb())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,6 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--ddpm-steps", type=int, default=1000, help="steps of the DDPM run (default 1000)")
+    parser.add_argument(
+        "--idle-ms", type=float, default=5.0,
+        help="sleep of the idle network per call, CPU only; 0 skips it (default 5)",
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory table")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -196,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.get_num_threads()} threads"
     )
     networks = {"unet": unet, "null": NullNetwork(device, dtype)}
+    if device.type == "cpu" and args.idle_ms:
+        networks["idle"] = NullNetwork(device, dtype, idle=args.idle_ms / 1e3)
     runs, labels = {}, []
     for label, scheduler_class, steps in RUNS:
         steps = args.ddpm_steps if label == "DDPM" else steps
@@ -206,9 +232,11 @@ def main(argv: list[str] | None = None) -> None:
             sampler = DiffusionSampler(
                 network, scheduler, num_inference_steps=steps, image_shape=shape, device=device, dtype=dtype
             )
-            runs[name, net, "plain"] = partial(_plain_loop, network, scheduler, steps, args.batch, shape, device, dtype)
-            for design, d in _designs(args.batch).items():
-                runs[name, net, design] = partial(evaluate_design, sampler, [brightness], d, args.batch, 0, args.batch)
+            n = args.batch * (IDLE_BATCHES if net == "idle" else 1)
+            plain = partial(_plain_loop, network, scheduler, steps, args.batch, shape, device, dtype)
+            runs[name, net, "plain"] = partial(_repeat, plain, n // args.batch)
+            for design, d in _designs(n).items():
+                runs[name, net, design] = partial(evaluate_design, sampler, [brightness], d, n, 0, args.batch)
                 if net == "null":  # the same with every noise draw on the sampler's own thread
                     runs[name, "null serial", design] = partial(
                         evaluate_design, sampler, [brightness], d, args.batch, 0, args.batch, prefetch=False
@@ -223,32 +251,40 @@ def main(argv: list[str] | None = None) -> None:
         for key, run in runs.items():  # plain, then every design, back to back, per sampler and network
             times[key].append(_timed(run))
 
-    per_eval = {key: np.array(t) / args.batch * 1e3 for key, t in times.items()}
+    per_eval = {
+        key: np.array(t) / args.batch / (IDLE_BATCHES if key[1] == "idle" else 1) * 1e3 for key, t in times.items()
+    }
     print(
         f"\n{'sampler':<10} {'design':<9} {'plain ms/eval':>14} {'mcdiff ms/eval':>15} "
-        f"{'overhead (range)':>24} {'null-net overhead':>18} {'one thread':>11} {'noise ms/eval':>14}"
+        f"{'overhead (range)':>24} {'null-net overhead':>18} {'one thread':>11} {'idle-net overhead':>18} "
+        f"{'noise ms/eval':>14}"
     )
-    summary, null_summary, serial_summary = {}, {}, {}
+    columns = {"overhead": {}, "null-net overhead": {}, "one thread": {}, "idle-net overhead": {}}
     for name in labels:
         plain = per_eval[name, "unet", "plain"]
         null_plain = np.median(per_eval[name, "null", "plain"])
         for design in DESIGN_NAMES:
             ours = per_eval[name, "unet", design]
             ratios = ours / plain - 1
-            summary[name, design] = np.median(ratios)
-            for net, table in (("null", null_summary), ("null serial", serial_summary)):
-                table[name, design] = (np.median(per_eval[name, net, design]) - null_plain) / np.median(plain)
+            row = {"overhead": np.median(ratios)}
+            for net, column in (("null", "null-net overhead"), ("null serial", "one thread")):
+                row[column] = (np.median(per_eval[name, net, design]) - null_plain) / np.median(plain)
+            if "idle" in networks:
+                row["idle-net overhead"] = np.median(per_eval[name, "idle", design] / per_eval[name, "idle", "plain"] - 1)
+            for column, value in row.items():
+                columns[column][name, design] = value
             spread = f"[{ratios.min():+.1%}, {ratios.max():+.1%}]"
+            idle = f"{row['idle-net overhead']:+.2%}" if "idle" in networks else "-"
             print(
                 f"{name:<10} {design:<9} {np.median(plain):>14.3f} {np.median(ours):>15.3f} "
-                f"{np.median(ratios):>+8.1%} {spread:>15} {null_summary[name, design]:>+18.2%} "
-                f"{serial_summary[name, design]:>+11.2%} {np.median(per_eval[name, 'noise', design]):>14.3f}"
+                f"{row['overhead']:>+8.1%} {spread:>15} {row['null-net overhead']:>+18.2%} "
+                f"{row['one thread']:>+11.2%} {idle:>18} {np.median(per_eval[name, 'noise', design]):>14.3f}"
             )
-    worst, worst_null = max(summary, key=summary.get), max(null_summary, key=null_summary.get)
-    print(f"\nlargest median overhead: {summary[worst]:+.1%} ({' '.join(worst)})")
-    print(f"largest null-net overhead: {null_summary[worst_null]:+.2%} ({' '.join(worst_null)})")
-    worst_serial = max(serial_summary, key=serial_summary.get)
-    print(f"largest null-net overhead, one thread: {serial_summary[worst_serial]:+.2%} ({' '.join(worst_serial)})")
+    print()
+    for column, values in columns.items():
+        if values:
+            worst = max(values, key=values.get)
+            print(f"largest {column}: {values[worst]:+.2%} ({' '.join(worst)})")
 
     if not args.no_memory:
         low, high = (_peak_memory_mb(args, s) for s in (10, args.ddpm_steps))

@@ -5,6 +5,7 @@ chance that a correct generator would fail it.
 """
 
 import math
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -223,6 +224,24 @@ def test_prefetching_step_noise_changes_no_value(monkeypatch):
     plain = evaluate_design(*args, prefetch=False)["pixel_mean"]
     ahead = evaluate_design(*args, prefetch=True)["pixel_mean"]
     np.testing.assert_array_equal(plain, ahead)
+
+
+def test_sampling_holds_one_steps_tensors_at_a_time():
+    """Memory does not grow with the number of steps: earlier network outputs are freed."""
+    from diffusers import DDPMScheduler
+
+    outputs, most_alive = [], 0
+
+    def network(x, t):
+        nonlocal most_alive
+        most_alive = max(most_alive, sum(ref() is not None for ref in outputs))
+        out = 0.1 * x
+        outputs.append(weakref.ref(out))
+        return out
+
+    sampler = mcdiff.DiffusionSampler(network, DDPMScheduler(), 200, image_shape=(1, 4, 4))
+    sampler(MonteCarlo().noise(sampler.noise_spec, 0, 0, 4, 4, dtype=sampler.dtype))
+    assert len(outputs) == 200 and most_alive <= 2
 
 
 def test_prefetching_the_next_batch_changes_no_value(affine_model):

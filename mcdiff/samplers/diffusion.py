@@ -379,9 +379,14 @@ class DiffusionSampler(Sampler):
             )
         return x_prev
 
+    def final_state(self, noise: Noise | dict[str, torch.Tensor]) -> torch.Tensor:
+        """``x_0``, the last state of :meth:`trajectory`, holding one step's tensors at a time."""
+        for _, x, _ in self.trajectory(noise):
+            pass
+        return x
+
     def sample(self, noise: Noise) -> torch.Tensor:
-        *_, (_, x0, _) = self.trajectory(noise)
-        images = (x0 + 1) / 2
+        images = (self.final_state(noise) + 1) / 2
         return images.clamp(0, 1) if self.clip_output else images
 
     def with_steps(self, num_inference_steps: int) -> DiffusionSampler:

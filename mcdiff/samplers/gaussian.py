@@ -135,8 +135,7 @@ class GaussianSampler(DiffusionSampler):
         if steps:
             noise["steps"] = probes[:, 1:]
         with torch.inference_mode():
-            *_, (_, x0, _) = self.trajectory(noise)
-        images = (x0 + 1) / 2
+            images = (self.final_state(noise) + 1) / 2
         base, slopes = images[0], images[1:] - images[0]
         return base, slopes.pow(2).sum(0).sqrt()
 
