@@ -232,12 +232,24 @@ def rate_allocation(label: str, cells: list) -> list[tuple]:
     return [(label, rates, used, best, ratio)]
 
 
+def table_head(header: tuple[str, ...]) -> list[str]:
+    """The header and rule lines of a Markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
+def write(path: Path, text: str) -> None:
+    """Write a result file (creating its folder) and print it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text)
+
+
 def write_tracking(args, command: str, start: float) -> None:
     """Run :func:`tracking` against the 50-step sampler and write ``multifidelity_<model>_tracking.md``."""
     rows = tracking(args, 50)
     header = ("statistic", "coarse level", "NFE", "corr(f_c, f_50)", "Var(f_50 - f_c) / Var f_50",
               "the same over pair means", "predicted x amc (mlmc+amc)")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     lines += [f"| {stat} | {name} | {nfe} | {corr:.4f} | {ratio:.4f} | {pair_ratio:.3f} | {gain:.2f} |"
               for stat, name, nfe, corr, ratio, pair_ratio, gain in rows]
     text = "\n".join([
@@ -249,9 +261,7 @@ def write_tracking(args, command: str, start: float) -> None:
             "variances, over antithetic sampling alone at 50 steps (no pilot, no rounding)."
         ), "", *lines, "",
     ])
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"multifidelity_{args.model}_tracking.md").write_text(text)
-    print(text)
+    write(args.output / f"multifidelity_{args.model}_tracking.md", text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -295,13 +305,13 @@ def main(argv: list[str] | None = None) -> None:
     table, info = run(args, estimators)
     header = ("statistic", "estimator (levels)", "estimate", "mean CI width", "mean NFE", "rel. eff. per NFE",
               "x amc", "x amc per repeat")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = table_head(header)
     for component, estimator, estimate, width, nfe, eff, gain, low, high in table:
         lines.append(f"| {component} | {estimator} | {estimate:.5g} | {width:.3g} | {nfe:.0f} | {eff:.3g} | "
                      f"{gain:.2f} | {low:.2f}–{high:.2f} |")
     header = ("estimator (levels)", "fitted rate per level", "evaluations per level (used)",
               "rate-aware optimum", "variance used / optimum")
-    allocation = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    allocation = table_head(header)
     for label, rates, used, best, ratio in info["allocation"]:
         allocation.append(f"| {label} | {' / '.join(f'{r:.2f}' for r in rates)} | "
                           f"{' / '.join(f'{n:.0f}' for n in used)} | {' / '.join(f'{n:.0f}' for n in best)} | "
@@ -325,9 +335,7 @@ def main(argv: list[str] | None = None) -> None:
             "1.000 means no gain. Real-valued counts, rates taken as known: an upper bound."
         ), "", *allocation, "",
     ])
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / f"multifidelity_{args.model}{'_' + tag if tag else ''}.md").write_text(text)
-    print(text)
+    write(args.output / f"multifidelity_{args.model}{'_' + tag if tag else ''}.md", text)
 
 
 if __name__ == "__main__":

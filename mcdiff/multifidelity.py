@@ -37,7 +37,7 @@ defined.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -133,7 +133,7 @@ def check_fidelities(fidelities: Sequence[int | str | tuple[str, int] | Fidelity
     differ; the order of mixed fidelities (by strictly increasing NFE) is checked by
     :func:`fidelity_samplers`, which counts each level's NFE.
     """
-    entries = list(fidelities) if isinstance(fidelities, (list, tuple)) else None
+    entries = None if isinstance(fidelities, (str, bytes)) or not isinstance(fidelities, Iterable) else list(fidelities)
     if entries is None or len(entries) < 2:
         raise ValueError(
             f"fidelities must be at least two integer step counts, e.g. [4, 12, 50], or levels with a solver, "
