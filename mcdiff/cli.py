@@ -14,7 +14,7 @@ from mcdiff.executors import DaskExecutor
 from mcdiff.functionals import BUILTIN
 from mcdiff.inverse import MASKS, InpaintingProblem, make_mask
 from mcdiff.models import ANALYTIC, BUNDLED, load_model
-from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity
+from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity, parse_fidelity
 from mcdiff.results import format_levels, format_table, save_result
 from mcdiff.runner import estimate
 from mcdiff.samplers.dps import check_zeta
@@ -151,8 +151,10 @@ def _add_multifidelity(sub) -> None:
         "or a control variate, the cheap samplers run on the same noise",
     )
     p.add_argument("--model", default="gaussian", help=f"model to sample: {MODEL_HELP}")
-    p.add_argument("--fidelities", type=int, nargs="+", default=[4, 12, 50],
-                   help="strictly increasing step counts, coarse to fine (default 4 12 50)")
+    p.add_argument("--fidelities", type=_fidelity, nargs="+", default=[4, 12, 50], metavar="[SOLVER:]STEPS",
+                   help="levels coarse to fine (default 4 12 50): step counts of DDIM, strictly increasing, or "
+                   "a diffusers scheduler and its step count, e.g. UniPCMultistepScheduler:6 DDIMScheduler:50; "
+                   "deterministic solvers only, ordered by strictly increasing NFE per sample")
     p.add_argument("--method", nargs="+", default=["mlmc"], choices=list(METHODS),
                    help="mlmc (telescoping sum) and/or cv (two-fidelity control variate)")
     p.add_argument(
@@ -174,8 +176,16 @@ def _add_multifidelity(sub) -> None:
     p.set_defaults(run=_run_multifidelity)
 
 
+def _fidelity(text: str):
+    """An ``--fidelities`` entry: a step count, or a parsed ``SOLVER:STEPS``."""
+    try:
+        return int(text) if text.strip().isdigit() else parse_fidelity(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _run_multifidelity(args) -> None:
-    sampler = load_model(args.model, args.fidelities[-1])
+    sampler = load_model(args.model, parse_fidelity(args.fidelities[-1]).steps)
     if args.n_evals is not None:
         budget = None
     else:

@@ -1,9 +1,14 @@
-"""Multi-fidelity estimation: the same noise through one sampler at several step counts.
+"""Multi-fidelity estimation: the same noise through one network at several solvers and step counts.
 
 A cheap few-step sampler and an expensive many-step one, fed the same noise, give strongly
 coupled outputs, so the cheap one carries most of the information at a fraction of the cost
-(counted in network function evaluations, NFE). For fidelities ``s_0 < ... < s_L`` (step
-counts) and ``f_l`` the statistic of the ``s_l``-step sample:
+(counted in network function evaluations, NFE). A fidelity is a step count of the sampler's
+own solver (``12``) or a solver and a step count (``("UniPCMultistepScheduler", 6)`` or
+``"UniPCMultistepScheduler:6"``): a high-order solver at a few steps lands closer to the
+converged ODE solution on the same ``x_T`` than a few-step DDIM, so it tracks the fine
+level more closely. Fidelities are ordered coarse to fine by strictly increasing NFE per
+sample ``c_0 < ... < c_L`` (counted by each level's dry run, ``2T - 1`` for Heun); with
+``f_l`` the statistic of the level-``l`` sample:
 
 - ``"mlmc"`` (multilevel Monte Carlo): ``E f_L = E f_0 + sum_{l>=1} E[f_l - f_{l-1}]``. Level
   ``l`` evaluates ``f_l`` and ``f_{l-1}`` on the *same* noise addresses of its own stream;
@@ -19,18 +24,21 @@ Each level may use any design (MC, antithetic, RQMC, antithetic RQMC); its mean 
 error come from :func:`~mcdiff.estimators.summarize` over that design's groups, and
 :func:`~mcdiff.estimators.combine_levels` sums the levels with a Welch–Satterthwaite
 t-interval. With a budget, the evaluations per level follow Giles' allocation
-(:func:`~mcdiff.estimators.level_allocation`) from pilot variances and costs
-``C_0 = s_0``, ``C_l = s_l + s_{l-1}``.
+(:func:`~mcdiff.estimators.level_allocation`) from pilot variances and NFE costs
+``C_0 = c_0``, ``C_l = c_l + c_{l-1}``.
 
-Only deterministic samplers are supported (DDIM with eta = 0): a stochastic sampler injects
-one noise tensor per step, so its levels would consume different noise and the coupling of
-``f_l`` and ``f_{l-1}`` is not defined.
+Only deterministic solvers are supported (DDIM with eta = 0, DPM-Solver++ 2M, UniPC, DEIS,
+Euler, Heun, ...: each consumes ``x_T`` alone), so every level sees exactly the same noise
+address. A stochastic solver injects noise at every step, as many draws as it has steps, so
+its levels would consume different noise and the coupling of ``f_l`` and ``f_{l-1}`` is not
+defined.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -51,6 +59,7 @@ from mcdiff.functionals import Statistic, get_statistic
 from mcdiff.results import build_multifidelity_result
 from mcdiff.runner import check_batch_size, check_unique_names
 from mcdiff.samplers.base import Sampler
+from mcdiff.samplers.schedulers import scheduler_class
 
 METHODS = ("mlmc", "cv")
 """Multi-fidelity estimators: multilevel Monte Carlo and the two-fidelity control variate."""
@@ -59,42 +68,140 @@ _FINAL, _PILOT = 0, 1
 """Stream keys of the final and the pilot evaluations (with the level index)."""
 
 
-def check_fidelities(fidelities: Sequence[int]) -> tuple[int, ...]:
-    """Return the step counts if they are at least two strictly increasing positive integers."""
-    steps = tuple(fidelities)
-    if len(steps) < 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in steps):
-        raise ValueError(f"fidelities must be at least two integer step counts, e.g. [4, 12, 50]; got {fidelities!r}")
-    if steps[0] < 1 or any(b <= a for a, b in pairwise(steps)):
+@dataclass(frozen=True)
+class Fidelity:
+    """One level's sampler: ``steps`` steps of ``solver``, or of the sampler's own solver (``None``).
+
+    ``solver`` is a diffusers scheduler class name (``"UniPCMultistepScheduler"``), built from
+    the sampler's scheduler configuration by its ``with_scheduler``.
+    """
+
+    steps: int
+    solver: str | None = None
+
+    def __str__(self) -> str:
+        """``"12"`` or ``"UniPCMultistepScheduler:6"`` (the CLI's form)."""
+        return str(self.steps) if self.solver is None else f"{self.solver}:{self.steps}"
+
+    def describe(self) -> str:
+        """``"12 steps"`` or ``"UniPCMultistepScheduler, 6 steps"`` (for messages)."""
+        return f"{self.steps} steps" if self.solver is None else f"{self.solver}, {self.steps} steps"
+
+
+_FIDELITY_FORMS = (
+    "a step count (12), a (solver, steps) pair ((\"UniPCMultistepScheduler\", 6)) or a string "
+    "\"UniPCMultistepScheduler:6\""
+)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def parse_fidelity(entry: int | str | tuple[str, int] | Fidelity) -> Fidelity:
+    """A :class:`Fidelity` from a step count, a ``(solver, steps)`` pair or ``"solver:steps"``.
+
+    ``steps`` must be a positive integer; ``solver`` a diffusers scheduler class name with a
+    ``step()`` (:func:`~mcdiff.samplers.schedulers.scheduler_class`), checked here. Whether the
+    solver is deterministic is known once the level's sampler is built
+    (:func:`fidelity_samplers`).
+    """
+    if isinstance(entry, Fidelity):
+        solver, steps = entry.solver, entry.steps
+    elif _is_int(entry):
+        solver, steps = None, entry
+    elif isinstance(entry, str):
+        solver, _, count = entry.rpartition(":")
+        if not count.strip().isdigit():
+            raise ValueError(f"fidelity {entry!r} is not {_FIDELITY_FORMS}")
+        solver, steps = (solver.strip() or None), int(count)
+    elif isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str) and _is_int(entry[1]):
+        solver, steps = entry
+    else:
+        raise ValueError(f"fidelity {entry!r} is not {_FIDELITY_FORMS}")
+    if steps < 1:
+        raise ValueError(f"fidelity {entry!r}: the step count must be a positive integer, got {steps}")
+    if solver is not None:
+        scheduler_class(solver)  # raises, naming the supported schedulers
+    return Fidelity(int(steps), solver)
+
+
+def check_fidelities(fidelities: Sequence[int | str | tuple[str, int] | Fidelity]) -> tuple[Fidelity, ...]:
+    """At least two parsed fidelities (see :func:`parse_fidelity`), coarse to fine.
+
+    Plain step counts must be strictly increasing positive integers, as before solvers could
+    differ; the order of mixed fidelities (by strictly increasing NFE) is checked by
+    :func:`fidelity_samplers`, which counts each level's NFE.
+    """
+    entries = None if isinstance(fidelities, (str, bytes)) or not isinstance(fidelities, Iterable) else list(fidelities)
+    if entries is None or len(entries) < 2:
         raise ValueError(
-            f"fidelities must be strictly increasing positive step counts (coarse to fine), got {list(steps)}"
+            f"fidelities must be at least two integer step counts, e.g. [4, 12, 50], or levels with a solver, "
+            f"e.g. [(\"UniPCMultistepScheduler\", 6), 50]; got {fidelities!r}"
         )
-    return tuple(int(s) for s in steps)
+    if all(_is_int(e) for e in entries) and (entries[0] < 1 or any(b <= a for a, b in pairwise(entries))):
+        raise ValueError(
+            f"fidelities must be strictly increasing positive step counts (coarse to fine), got {[int(e) for e in entries]}"
+        )
+    return tuple(parse_fidelity(e) for e in entries)
 
 
-def check_method(method: str, fidelities: Sequence[int]) -> str:
+def _listing(fidelities: Sequence) -> str:
+    """``"[4, 12, 50]"`` or ``"[UniPCMultistepScheduler:6, 50]"``."""
+    return "[" + ", ".join(str(parse_fidelity(f)) for f in fidelities) + "]"
+
+
+def check_method(method: str, fidelities: Sequence) -> str:
     """Return ``method`` if it is in :data:`METHODS` and fits the number of fidelities."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "cv" and len(fidelities) != 2:
-        raise ValueError(f"method 'cv' is a two-fidelity control variate: give 2 fidelities, got {list(fidelities)}")
+        raise ValueError(
+            f"method 'cv' is a two-fidelity control variate: give 2 fidelities, got {_listing(fidelities)}"
+        )
     return method
 
 
-def fidelity_samplers(sampler: Sampler, fidelities: Sequence[int]) -> list[Sampler]:
-    """Copies of ``sampler`` at each step count, checked to consume the same noise."""
-    steps = check_fidelities(fidelities)
-    if not callable(getattr(sampler, "with_steps", None)):
-        raise ValueError(
-            f"sampler {type(sampler).__name__} cannot change its step count: multi-fidelity estimation "
-            "needs a with_steps(num_inference_steps) method returning a copy (as DiffusionSampler has)"
-        )
-    samplers = [sampler.with_steps(s) for s in steps]
+def solver_name(sampler: Sampler) -> str:
+    """The class name of ``sampler``'s scheduler, or of the sampler itself when it has none."""
+    return type(getattr(sampler, "scheduler", sampler)).__name__
+
+
+def fidelity_samplers(sampler: Sampler, fidelities: Sequence) -> list[Sampler]:
+    """Copies of ``sampler`` at each fidelity, checked to consume the same noise and to cost more in turn.
+
+    A plain step count calls ``sampler.with_steps(steps)``, a level with a solver
+    ``sampler.with_scheduler(solver, steps)``. Every level must be deterministic (declare the
+    same noise, ``x_T`` alone for a diffusion sampler) and the NFE per sample must strictly
+    increase from the coarsest level to the finest.
+    """
+    levels = check_fidelities(fidelities)
+    samplers = []
+    for fidelity in levels:
+        method = "with_steps" if fidelity.solver is None else "with_scheduler"
+        rebuild = getattr(sampler, method, None)
+        if not callable(rebuild):
+            what = "step count" if fidelity.solver is None else "solver"
+            signature = "(num_inference_steps)" if fidelity.solver is None else "(scheduler, num_inference_steps)"
+            raise ValueError(
+                f"sampler {type(sampler).__name__} cannot change its {what}: multi-fidelity estimation "
+                f"needs a {method}{signature} method returning a copy (as DiffusionSampler has)"
+            )
+        samplers.append(rebuild(fidelity.steps) if fidelity.solver is None else rebuild(fidelity.solver, fidelity.steps))
     specs = [dict(s.noise_spec) for s in samplers]
-    if any(spec != specs[0] for spec in specs):
+    stochastic = [str(f) for f, s in zip(levels, samplers) if getattr(s, "stochastic", False)]
+    if stochastic or any(spec != specs[0] for spec in specs):
         raise ValueError(
-            f"the sampler consumes different noise at different step counts ({specs[0]} at {steps[0]} steps, "
-            f"{specs[-1]} at {steps[-1]}): a stochastic sampler (eta > 0, DDPM) injects one noise tensor per "
-            "step, so its levels cannot share noise; use a deterministic sampler (DDIM, eta=0)"
+            f"the sampler consumes different noise at different fidelities ({specs[0]} at {levels[0]}, "
+            f"{specs[-1]} at {levels[-1]}; stochastic levels: {stochastic or 'none'}): a stochastic sampler "
+            "(eta > 0, DDPM, ancestral or SDE solvers) injects one noise tensor per step, so its levels cannot "
+            "share noise; use a deterministic sampler (DDIM, eta=0, or DPM-Solver++ 2M, UniPC, DEIS)"
+        )
+    nfe = [int(s.nfe) for s in samplers]
+    if any(b <= a for a, b in pairwise(nfe)):
+        raise ValueError(
+            "fidelities must be ordered coarse to fine by strictly increasing NFE per sample, got "
+            + ", ".join(f"{f} ({n} NFE)" for f, n in zip(levels, nfe))
         )
     return samplers
 
@@ -117,11 +224,13 @@ def _resolve_combinations(designs, n_levels: int) -> list[tuple[str, list[Design
     return combos
 
 
-def _check_level_n(design: Design, n: int, level: int, steps: int, what: str) -> None:
+def _check_level_n(design: Design, n: int, level: int, fidelity: Fidelity, what: str) -> None:
     try:
         design.check_n(n)
     except ValueError as err:
-        raise ValueError(f"{what}: level {level} ({steps} steps, design {design.name!r}) cannot use it: {err}") from None
+        raise ValueError(
+            f"{what}: level {level} ({fidelity.describe()}, design {design.name!r}) cannot use it: {err}"
+        ) from None
 
 
 def _level_values(fine: dict, coarse: dict | None, beta: dict) -> dict[str, np.ndarray]:
@@ -132,7 +241,7 @@ def _level_values(fine: dict, coarse: dict | None, beta: dict) -> dict[str, np.n
 
 
 class _CoupledSampler(Sampler):
-    """Two step counts of one sampler on the same noise: images ``(B, 2C, H, W)``, fine first.
+    """Two fidelities of one sampler on the same noise: images ``(B, 2C, H, W)``, fine first.
 
     One call draws each address's noise once and feeds it to both, so the two fidelities of a
     level can never see different addresses.
@@ -160,7 +269,7 @@ def _on_channels(stat: Statistic, part: str, channels: int) -> Statistic:
 
 
 class _LevelRunner:
-    """Runs the coupled evaluations of one level: the same addresses at both step counts."""
+    """Runs the coupled evaluations of one level: the same addresses at both fidelities."""
 
     def __init__(self, samplers, stats, seed, batch_size, on_batch: Callable[[int], None]):
         self.samplers, self.stats, self.seed = samplers, stats, seed
@@ -192,18 +301,23 @@ def estimate_multifidelity(
     batch_size: int = 256,
     progress: bool | None = None,
 ) -> xr.DataTree:
-    """Estimate ``E[f(G_L(z))]`` at the finest step count with a multi-fidelity estimator.
+    """Estimate ``E[f(G_L(z))]`` at the finest fidelity with a multi-fidelity estimator.
 
     Parameters
     ----------
     sampler : Sampler
-        A deterministic sampler with ``with_steps`` (e.g. DDIM with ``eta=0``); its own step
-        count is not used.
+        A deterministic sampler with ``with_steps`` (e.g. DDIM with ``eta=0``), and
+        ``with_scheduler`` for levels with a solver of their own (as
+        :class:`~mcdiff.samplers.diffusion.DiffusionSampler` has); its own step count is not used.
     statistics : sequence
         As for :func:`~mcdiff.runner.estimate`. The first one drives the allocation (its
         pilot variances averaged over its components).
-    fidelities : sequence of int
-        Strictly increasing step counts ``s_0 < ... < s_L``; exactly two for ``"cv"``.
+    fidelities : sequence
+        Levels coarse to fine, exactly two for ``"cv"``: step counts of the sampler's own
+        solver (strictly increasing, ``[12, 50]``) or levels with a solver,
+        ``[("UniPCMultistepScheduler", 6), ("DDIMScheduler", 50)]`` or
+        ``["UniPCMultistepScheduler:6", 50]`` (see :func:`parse_fidelity`), ordered by strictly
+        increasing NFE per sample.
     designs : sequence
         Design combinations: a design (name or object) used on every level, or a sequence
         of one design per level (coarse first), e.g. ``["amc", ("rqmc", "amc", "amc")]``.
@@ -234,7 +348,8 @@ def estimate_multifidelity(
     xarray.DataTree
         ``/summary`` (one row ``"{method}+{design}"`` per combination, fields
         :data:`~mcdiff.estimators.SUMMARY_FIELDS`, ``n_evals``, ``nfe``, ``pilot_nfe``) and
-        ``/levels`` (per combination and level: steps, ``n_evals``, NFE, mean, standard error,
+        ``/levels`` (per level: solver, steps, NFE per sample; per combination and level:
+        ``n_evals``, NFE, mean, standard error,
         variances, weight and ``beta``), see :func:`~mcdiff.results.build_multifidelity_result`.
 
     Examples
@@ -248,17 +363,19 @@ def estimate_multifidelity(
     """
     seed = check_seed(seed)
     confidence = check_confidence(confidence)
-    steps = check_fidelities(fidelities)
-    check_method(method, steps)
+    levels = check_fidelities(fidelities)
+    check_method(method, levels)
     if (budget_nfe is None) == (n_evals is None):
         raise ValueError("give exactly one of budget_nfe (allocated from a pilot) and n_evals (per level)")
     stats = [get_statistic(s) for s in statistics]
     check_unique_names("statistic", [s.name for s in stats])
-    n_levels = len(steps)
+    n_levels = len(levels)
     combos = _resolve_combinations(designs, n_levels)
     labels = [f"{method}+{label}" for label, _ in combos]
     check_unique_names("design combination", labels)
-    costs = np.array([steps[0]] + [a + b for a, b in pairwise(steps)], dtype=float)
+    samplers = fidelity_samplers(sampler, levels)
+    sample_nfe = [int(s.nfe) for s in samplers]
+    costs = np.array([sample_nfe[0]] + [a + b for a, b in pairwise(sample_nfe)], dtype=float)
     if budget_nfe is not None:
         pilot_levels = tuple(range(n_levels))
     else:
@@ -269,9 +386,9 @@ def estimate_multifidelity(
             if n_evals is not None:
                 if len(n_evals) != n_levels:
                     raise ValueError(f"n_evals needs one count per level ({n_levels}), got {list(n_evals)}")
-                _check_level_n(design, n_evals[level], level, steps[level], f"n_evals={n_evals[level]}")
+                _check_level_n(design, n_evals[level], level, levels[level], f"n_evals={n_evals[level]}")
             if level in pilot_levels:
-                _check_level_n(design, pilot, level, steps[level], f"pilot={pilot} is too few evaluations")
+                _check_level_n(design, pilot, level, levels[level], f"pilot={pilot} is too few evaluations")
     minimum = pilot * costs.sum()
     if budget_nfe is not None and (
         isinstance(budget_nfe, bool) or not isinstance(budget_nfe, (int, np.integer)) or budget_nfe < minimum
@@ -280,7 +397,6 @@ def estimate_multifidelity(
             f"budget_nfe={budget_nfe!r} is too small: every level gets at least the pilot's {pilot} evaluations, "
             f"{minimum:.0f} NFE at costs {costs.tolist()} per evaluation"
         )
-    samplers = fidelity_samplers(sampler, steps)
     if progress is None:
         progress = sys.stderr.isatty()
 
@@ -291,7 +407,7 @@ def estimate_multifidelity(
             bar.set_postfix_str(row_label)
             rows.append(
                 _estimate_combination(
-                    run_level, stats, level_designs, method, costs, steps[-1], budget_nfe, n_evals, pilot,
+                    run_level, stats, level_designs, method, costs, sample_nfe[-1], budget_nfe, n_evals, pilot,
                     pilot_levels, confidence,
                 )
                 | {"label": row_label}
@@ -300,12 +416,18 @@ def estimate_multifidelity(
         **samplers[-1].describe(),
         "seed": seed,
         "method": method,
-        "fidelities": list(steps),
+        "fidelities": [f.steps for f in levels],
+        "solvers": [solver_name(s) for s in samplers],
         "budget_nfe": -1 if budget_nfe is None else int(budget_nfe),
         "allocated_for": stats[0].name,
         "interval": "t with Welch-Satterthwaite degrees of freedom over independent levels",
     }
-    return build_multifidelity_result(rows, stats, steps, confidence, attrs)
+    level_info = {
+        "solver": [solver_name(s) for s in samplers],
+        "steps": [f.steps for f in levels],
+        "sample_nfe": sample_nfe,
+    }
+    return build_multifidelity_result(rows, stats, level_info, confidence, attrs)
 
 
 def _estimate_combination(
@@ -313,9 +435,10 @@ def _estimate_combination(
 ) -> dict:
     """Pilot, coefficients, allocation, final run and summaries of one design combination.
 
-    Efficiency is against plain MC at the finest step count: ``sigma_L^2 / (N · std_error^2)`` per
-    evaluation (``N = sum_l n_l`` noise addresses) and ``sigma_L^2 s_L / ((NFE + pilot NFE) ·
-    std_error^2)`` per NFE, with ``sigma_L^2`` the pooled variance of ``f_L`` at the top level.
+    Efficiency is against plain MC at the finest fidelity: ``sigma_L^2 / (N · std_error^2)`` per
+    evaluation (``N = sum_l n_l`` noise addresses) and ``sigma_L^2 c_L / ((NFE + pilot NFE) ·
+    std_error^2)`` per NFE, with ``sigma_L^2`` the pooled variance of ``f_L`` at the top level and
+    ``c_L`` its NFE per sample.
     """
     n_levels = len(level_designs)
     pilot_runs = {level: run_level(level, level_designs[level], pilot, _PILOT) for level in pilot_levels}

@@ -13,7 +13,10 @@ Multi-fidelity results (:func:`build_multifidelity_result`) have the same ``/sum
 ``pilot_nfe(design)``) and, instead of ``/draws``, ``/levels``: one variable per statistic,
 dims ``("design", "level", "level_summary", *own_dims)`` with ``level_summary`` in
 :data:`LEVEL_FIELDS`, and per design and level the design name, ``n_evals``, ``n_groups``,
-``pilot_n_evals`` and ``nfe``; coordinates ``steps(level)`` and ``cost_per_eval(level)``.
+``pilot_n_evals`` and ``nfe``; coordinates ``solver(level)`` (the scheduler class name),
+``steps(level)``, ``sample_nfe(level)`` (NFE of one sample at that fidelity) and
+``cost_per_eval(level)`` (NFE of one evaluation of the level: ``sample_nfe`` of the level and
+of the one below it).
 """
 
 from __future__ import annotations
@@ -132,9 +135,12 @@ def build_result(draws: xr.Dataset, confidence: float, attrs: dict) -> xr.DataTr
 
 
 def build_multifidelity_result(
-    rows: list[dict], statistics: list, steps: tuple[int, ...], confidence: float, attrs: dict
+    rows: list[dict], statistics: list, level_info: dict[str, list], confidence: float, attrs: dict
 ) -> xr.DataTree:
     """A multi-fidelity result DataTree (``/summary`` and ``/levels``) from per-combination rows.
+
+    ``level_info`` holds one entry per level for each of ``solver`` (scheduler class name),
+    ``steps`` and ``sample_nfe``; they become coordinates along ``level``.
 
     Each row has ``label``, ``designs`` (one name per level), ``n_evals``, ``pilot_n_evals``
     (per level), ``nfe``, ``pilot_nfe``, ``level_costs`` (per level),
@@ -173,9 +179,11 @@ def build_multifidelity_result(
         levels,
         coords={
             "design": labels,
-            "level": np.arange(len(steps)),
+            "level": np.arange(len(costs)),
             "level_summary": list(LEVEL_FIELDS),
-            "steps": ("level", list(steps)),
+            "solver": ("level", [str(s) for s in level_info["solver"]]),
+            "steps": ("level", [int(s) for s in level_info["steps"]]),
+            "sample_nfe": ("level", [int(n) for n in level_info["sample_nfe"]]),
             "cost_per_eval": ("level", costs),
         },
     )
@@ -254,18 +262,19 @@ def format_table(result: xr.DataTree) -> str:
 def format_levels(result: xr.DataTree) -> str:
     """A plain-text table of a multi-fidelity result's ``/levels``: one row per design and level.
 
-    Shows steps, design, evaluations, NFE, and for each statistic (mean over its components)
+    Shows solver, steps, NFE per sample, design, evaluations, NFE, and for each statistic (mean over its components)
     the level mean, its standard error, the effective variance per evaluation and ``beta``.
     """
     levels = result["levels"].to_dataset()
     stats = [name for name, var in levels.data_vars.items() if "level_summary" in var.dims]
-    header = ("design", "level", "steps", "level design", "n", "NFE")
+    header = ("design", "level", "solver", "steps", "NFE/sample", "level design", "n", "NFE")
     header += tuple(f"{name} {part}" for name in stats for part in ("mean", "s.e.", "eff. var", "beta"))
     rows = [header]
     for design in levels["design"].values:
         for level in levels["level"].values:
             cell = levels.sel(design=design, level=level)
-            row = (str(design), str(level), str(int(cell["steps"])), str(cell["level_design"].values),
+            row = (str(design), str(level), str(cell["solver"].values), str(int(cell["steps"])),
+                   str(int(cell["sample_nfe"])), str(cell["level_design"].values),
                    str(int(cell["n_evals"])), str(int(cell["nfe"])))
             for name in stats:
                 var = cell[name]

@@ -16,8 +16,14 @@ group means; for an antithetic pair level that slope cancels the leading even te
 (brightness, an average of 16 such pixels, still covered). The price: brightness efficiency
 per NFE of the antithetic control variates fell from 13-22 to 5-8 on this model.
 
+With ``--study solvers`` the levels have solvers of their own, the level combinations of
+``benchmarks/multifidelity.py`` on this model (:data:`SOLVER_STUDY`): UniPC, DPM-Solver++ 2M
+or DEIS at 2-5 steps as coarse levels under DDIM at 20 steps, whose exact expectation is the
+truth (the coarse levels need none: they cancel in the telescoping sum).
+
     python statistics/multifidelity_coverage.py                  # 500 repeats, writes results/multifidelity_coverage.md
     python statistics/multifidelity_coverage.py --repeats 50     # a quick look
+    python statistics/multifidelity_coverage.py --study solvers  # writes results/multifidelity_coverage_solvers.md
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import numpy as np
 
 import mcdiff
 from mcdiff.designs import SobolRQMC
+from mcdiff.multifidelity import parse_fidelity
 
 FIDELITIES = {"mlmc": [2, 5, 20], "cv": [2, 20]}
 COMBINATIONS = {
@@ -40,6 +47,16 @@ COMBINATIONS = {
     "cv": ["mc", "amc", SobolRQMC(16), SobolRQMC(16, antithetic=True), ("rqmc", "amc"), ("amc", "amc-rqmc")],
 }
 STATS = ("brightness", "pixel_mean")
+
+UNIPC, DPM, DEIS = "UniPCMultistepScheduler", "DPMSolverMultistepScheduler", "DEISMultistepScheduler"
+SOLVER_STUDY = [
+    ("mlmc", [(UNIPC, 3), 20], ["amc", SobolRQMC(16), SobolRQMC(16, antithetic=True), ("rqmc", "amc")]),
+    ("mlmc", [(DPM, 3), 20], ["amc", SobolRQMC(16), SobolRQMC(16, antithetic=True)]),
+    ("mlmc", [(DEIS, 3), 20], ["amc", SobolRQMC(16, antithetic=True)]),
+    ("cv", [(UNIPC, 3), 20], ["amc", SobolRQMC(16), SobolRQMC(16, antithetic=True)]),
+    ("mlmc", [(UNIPC, 2), (UNIPC, 5), 20], [SobolRQMC(16), SobolRQMC(16, antithetic=True)]),
+]
+"""``(method, levels coarse to fine, design combinations)`` of ``--study solvers``."""
 
 
 def gaussian_model() -> mcdiff.GaussianSampler:
@@ -56,17 +73,21 @@ def study(
     pilot: int,
     fidelities: dict = FIDELITIES,
     batch_size: int = 256,
+    combinations: dict = COMBINATIONS,
 ) -> list[tuple]:
     """Rows ``(method, design, coverage brightness, coverage pixel_mean, mean NFE, efficiency)``.
 
-    The truth is ``exact_expectation`` of ``model.with_steps(fine)``, the finest fidelity.
+    ``fidelities[method]`` are the levels, ``combinations[method]`` the design combinations. The
+    truth is ``exact_expectation`` of the finest level: ``model.with_steps(steps)``, or
+    ``model.with_scheduler(solver, steps)`` for a level with a solver.
     """
-    fine = model.with_steps(fidelities[method][-1])
+    top = parse_fidelity(fidelities[method][-1])
+    fine = model.with_steps(top.steps) if top.solver is None else model.with_scheduler(top.solver, top.steps)
     truth = {s: mcdiff.exact_expectation(fine, s) for s in STATS}
     hits, nfe, efficiency = {}, {}, {}
     for seed in range(repeats):
         summary = mcdiff.estimate_multifidelity(
-            model, list(STATS), fidelities[method], COMBINATIONS[method], method=method, budget_nfe=budget_nfe,
+            model, list(STATS), fidelities[method], combinations[method], method=method, budget_nfe=budget_nfe,
             pilot=pilot, seed=seed, batch_size=batch_size, progress=False,
         )["summary"]
         for design in summary["design"].values:
@@ -103,17 +124,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=500)
     parser.add_argument("--budget-nfe", type=int, default=2000)
     parser.add_argument("--pilot", type=int, default=32)
-    parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "multifidelity_coverage.md")
+    parser.add_argument("--study", choices=["steps", "solvers"], default="steps",
+                        help="levels of one solver at several step counts, or levels with solvers of their own")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default results/multifidelity_coverage.md (--study solvers: _solvers.md)")
     args = parser.parse_args(argv)
+    if args.output is None:
+        name = "multifidelity_coverage" + ("_solvers" if args.study == "solvers" else "")
+        args.output = Path(__file__).parent / "results" / f"{name}.md"
     start = time.perf_counter()
     model = gaussian_model()
-    rows = [row for method in ("mlmc", "cv") for row in study(model, method, args.repeats, args.budget_nfe, args.pilot)]
+    if args.study == "steps":
+        cases, levels_text = [(m, FIDELITIES[m], COMBINATIONS[m]) for m in ("mlmc", "cv")], f"Fidelities {FIDELITIES}"
+    else:
+        cases, levels_text = SOLVER_STUDY, "Levels (solver:steps, coarse to fine) in the first column"
+    rows = []
+    for method, levels, combinations in cases:
+        label = method if args.study == "steps" else f"{method} ({' < '.join(str(parse_fidelity(f)) for f in levels)})"
+        rows += [(label, *row[1:]) for row in study(model, method, args.repeats, args.budget_nfe, args.pilot,
+                                                     {method: levels}, combinations={method: combinations})]
     tolerance, lines = format_rows(rows, args.repeats)
     command = "python " + " ".join(shlex.quote(a) for a in ["statistics/multifidelity_coverage.py", *sys.argv[1:]])
     text = "\n".join([
         f"# Multi-fidelity coverage ({args.repeats} repeats, 95% CIs)", "", f"`{command}`", "",
         (
-            f"Fidelities {FIDELITIES}; budget {args.budget_nfe} NFE, pilot {args.pilot} per level; tolerance "
+            f"{levels_text}; budget {args.budget_nfe} NFE, pilot {args.pilot} per level; tolerance "
             f"±{tolerance:.3f} (3 binomial SE). {time.perf_counter() - start:.0f} s."
         ), "", *lines, "",
     ])

@@ -10,6 +10,7 @@ import mcdiff
 from mcdiff.cli import main
 from mcdiff.designs import SobolRQMC, get_design, stream_seed
 from mcdiff.estimators import combine_levels, control_variate_coefficient, level_allocation, summarize
+from mcdiff.multifidelity import Fidelity, parse_fidelity
 from mcdiff.results import LEVEL_FIELDS
 from mcdiff.samplers import GaussianSampler, Sampler
 
@@ -65,11 +66,27 @@ def test_allocation_spends_the_budget_and_minimizes_the_variance():
         assert (v / other).sum() >= best
 
 
+def test_allocation_with_rates_minimizes_the_modelled_variance():
+    v, c, budget, rates = np.array([4.0, 0.5, 0.1]), np.array([2.0, 7.0, 25.0]), 1000.0, np.array([1.0, 2.0, 1.5])
+    np.testing.assert_allclose(level_allocation(v, c, budget, np.ones(3)), level_allocation(v, c, budget))
+    n = level_allocation(v, c, budget, rates)
+    assert (n * c).sum() == pytest.approx(budget)
+    np.testing.assert_allclose(rates * v * n ** (-rates - 1) / c, (rates * v * n ** (-rates - 1) / c)[0], rtol=1e-8)
+    best = (v * n**-rates).sum()
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        other = n * np.exp(rng.normal(scale=0.3, size=3))
+        other *= budget / (other * c).sum()
+        assert (v * other**-rates).sum() >= best
+
+
 def test_allocation_input_is_checked():
     with pytest.raises(ValueError, match="costs > 0"):
         level_allocation(np.ones(2), np.array([1.0, 0.0]), 10)
     with pytest.raises(ValueError, match="budget must be > 0"):
         level_allocation(np.ones(2), np.ones(2), 0)
+    with pytest.raises(ValueError, match=r"rates must be an \(L,\) array of finite values > 0"):
+        level_allocation(np.ones(2), np.ones(2), 10, np.array([1.0, 0.0]))
 
 
 def test_stream_seeds_are_pure_and_distinct():
@@ -134,6 +151,10 @@ class _CoupledRecorder(Sampler):
     def with_steps(self, steps):
         return _CoupledRecorder(steps, self.log)
 
+    def with_scheduler(self, scheduler, steps):
+        """A "solver" that costs twice its steps, as Heun does."""
+        return _CoupledRecorder(2 * steps, self.log)
+
     def sample(self, noise):
         self.log.append((self.nfe, noise["x_T"].clone()))
         return torch.sigmoid(noise["x_T"] * (1 + 1 / self.nfe))
@@ -149,6 +170,140 @@ def test_each_level_runs_both_fidelities_on_the_same_addresses_and_levels_are_in
     for a, b in [(0, 1), (0, 3), (1, 3)]:
         assert not torch.equal(calls[a][1], calls[b][1])
     torch.testing.assert_close(calls[3][1][1::2], -calls[3][1][0::2], rtol=0, atol=0)
+
+
+def test_levels_with_a_solver_run_on_the_same_addresses_and_cost_their_nfe():
+    sampler = _CoupledRecorder()
+    result = mcdiff.estimate_multifidelity(sampler, ["brightness"], [("HeunDiscreteScheduler", 3), 20], ["amc"],
+                                           n_evals=[8, 8], progress=False)
+    calls = sampler.log  # level 0: f_c (6 NFE); level 1: f_20, f_c
+    assert [nfe for nfe, _ in calls] == [6, 20, 6]
+    torch.testing.assert_close(calls[1][1], calls[2][1], rtol=0, atol=0)
+    levels = result["levels"]
+    np.testing.assert_array_equal(levels["sample_nfe"], [6, 20])
+    np.testing.assert_array_equal(levels["cost_per_eval"], [6, 26])
+    assert int(result["summary"]["nfe"].squeeze()) == 8 * 6 + 8 * 26
+
+
+# --- levels with a solver of their own ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        (12, Fidelity(12)),
+        (np.int64(5), Fidelity(5)),
+        ("12", Fidelity(12)),
+        (("UniPCMultistepScheduler", 6), Fidelity(6, "UniPCMultistepScheduler")),
+        ("DPMSolverMultistepScheduler:8", Fidelity(8, "DPMSolverMultistepScheduler")),
+        (Fidelity(4, "DEISMultistepScheduler"), Fidelity(4, "DEISMultistepScheduler")),
+    ],
+)
+def test_fidelities_parse_from_counts_pairs_and_strings(entry, expected):
+    assert parse_fidelity(entry) == expected
+    assert parse_fidelity(str(expected)) == expected
+
+
+@pytest.mark.parametrize(
+    "entry, match",
+    [
+        ("FooScheduler:3", "scheduler FooScheduler is not a diffusers scheduler with a step"),
+        ("DPMSolverSDEScheduler:3", "torchsde Brownian tree"),
+        ("UniPCMultistepScheduler", "is not a step count .*UniPCMultistepScheduler:6"),
+        (("UniPCMultistepScheduler", 0), "the step count must be a positive integer, got 0"),
+        (2.5, "fidelity 2.5 is not a step count"),
+        (True, "fidelity True is not a step count"),
+        (("UniPCMultistepScheduler", "6"), "is not a step count"),
+    ],
+)
+def test_bad_fidelities_are_refused_with_the_allowed_forms(entry, match):
+    with pytest.raises(ValueError, match=match):
+        parse_fidelity(entry)
+
+
+@pytest.mark.parametrize(
+    "fidelities, match",
+    [
+        ([("UniPCMultistepScheduler", 6), 5],
+         r"by strictly increasing NFE per sample, got UniPCMultistepScheduler:6 \(6 NFE\), 5 \(5 NFE\)"),
+        ([("UniPCMultistepScheduler", 20), 20], "strictly increasing NFE"),
+        ([("PNDMScheduler", 4), 20], "scheduler PNDMScheduler is not supported; supported: DDIMScheduler"),
+        ([("DDPMScheduler", 3), 20],
+         r"stochastic levels: \['DDPMScheduler:3'\]\): a stochastic sampler .* cannot share noise; use a deterministic"),
+    ],
+)
+def test_level_order_solvers_and_stochastic_levels_are_checked(probit_model, fidelities, match):
+    with pytest.raises(ValueError, match=match):
+        mcdiff.estimate_multifidelity(probit_model, ["brightness"], fidelities, ["mc"], n_evals=[8, 8],
+                                      progress=False)
+
+
+def test_a_sampler_that_cannot_change_its_solver_is_refused():
+    class _StepsOnly(_NoSteps):
+        def with_steps(self, steps):
+            return self
+
+    with pytest.raises(ValueError, match=r"_StepsOnly cannot change its solver: .* with_scheduler\(scheduler,"):
+        mcdiff.estimate_multifidelity(_StepsOnly(), fidelities=["UniPCMultistepScheduler:2", 5], designs=["mc"],
+                                      n_evals=[8, 8], progress=False)
+
+
+@pytest.mark.parametrize("solver", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler"])
+def test_the_analytic_models_exact_expectation_holds_for_multistep_solvers(solver):
+    """Exact E[image] of a 4-step solver on the probit model against the mean of 2^17 samples:
+    every pixel within 4.5 standard errors (false-failure rate about 3e-5 over the 4 pixels)."""
+    model = GaussianSampler(mean=np.array([0.2, 0.45, 0.6, 0.85]).reshape(1, 2, 2), std=0.25, image_shape=(1, 2, 2),
+                            num_inference_steps=4, scheduler=solver, output="probit")
+    assert model.nfe == 4 and not model.stochastic and type(model.scheduler).__name__ == solver
+    z = torch.randn(2**17, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    images = model({"x_T": z})
+    error = (images.mean(0) - model.expected_image()) / (images.std(0) / np.sqrt(len(z)))
+    assert error.abs().max() < 4.5
+
+
+@pytest.mark.parametrize("solver", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler"])
+def test_solver_levels_mirror_antithetic_partners_on_the_affine_model(affine_model, solver):
+    """Exact coupling: on the affine model a solver level maps z and -z to outputs mirrored about
+    G(0), so antithetic levels give the exact fine truth (to DPM-Solver++'s float32 rounding)."""
+    coarse = affine_model.with_scheduler(solver, 3)
+    z = torch.randn(6, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    centre = coarse({"x_T": torch.zeros(1, 1, 4, 4, dtype=torch.float64)})
+    torch.testing.assert_close(coarse({"x_T": z}) + coarse({"x_T": -z}), 2 * centre.expand(6, -1, -1, -1),
+                               rtol=0, atol=1e-6)
+    result = mcdiff.estimate_multifidelity(affine_model, ["brightness"], [(solver, 3), 10], ["amc", "amc-rqmc"],
+                                           n_evals=[32, 32], progress=False)
+    truth = mcdiff.exact_expectation(affine_model, "brightness")
+    np.testing.assert_allclose(result["summary"]["brightness"].sel(summary="estimate"), truth, atol=1e-6)
+
+
+def test_the_result_records_each_levels_solver_steps_and_nfe(probit_model, tmp_path):
+    result = mcdiff.estimate_multifidelity(probit_model, ["brightness"], ["UniPCMultistepScheduler:3", 20],
+                                           ["amc"], method="cv", n_evals=[16, 8], pilot=8, progress=False)
+    levels, summary = result["levels"], result["summary"]
+    assert list(levels["solver"].values) == ["UniPCMultistepScheduler", "DDIMScheduler"]
+    np.testing.assert_array_equal(levels["steps"], [3, 20])
+    np.testing.assert_array_equal(levels["sample_nfe"], [3, 20])
+    np.testing.assert_array_equal(levels["cost_per_eval"], [3, 23])
+    assert summary.attrs["solvers"] == ["UniPCMultistepScheduler", "DDIMScheduler"]
+    assert summary.attrs["fidelities"] == [3, 20]
+    assert mcdiff.load_result(mcdiff.save_result(result, tmp_path / "r.nc")).identical(result)
+    assert "UniPCMultistepScheduler" in mcdiff.format_levels(result)
+
+
+def test_the_cli_takes_levels_with_a_solver_and_prints_them(tmp_path, capsys):
+    code = main(["multifidelity", "--fidelities", "UniPCMultistepScheduler:3", "DDIMScheduler:8", "--statistics",
+                 "brightness", "--designs", "amc", "-n", "16", "8", "-o", str(tmp_path / "r.nc")])
+    printed = capsys.readouterr().out
+    assert code == 0 and "UniPCMultistepScheduler  3      3" in printed
+    result = mcdiff.load_result(tmp_path / "r.nc")
+    assert list(result["levels"]["solver"].values) == ["UniPCMultistepScheduler", "DDIMScheduler"]
+
+
+def test_the_cli_refuses_an_unknown_solver(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it while parsing
+        main(["multifidelity", "--fidelities", "FooScheduler:3", "8", "-o", str(tmp_path / "r.nc")])
+    assert exit_info.value.code == 2
+    assert "--fidelities: scheduler FooScheduler is not a diffusers scheduler" in capsys.readouterr().err
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -303,17 +458,19 @@ COMBINATIONS = {
 }
 
 
-def coverage(model, method: str, repeats: int, combinations: int = 6) -> dict[str, np.ndarray]:
-    """Hits of the exact 20-step truth (brightness, and each pixel of pixel_mean) for the first
-    ``combinations`` design combinations of ``method``."""
-    fidelities = FIDELITIES if method == "mlmc" else [2, 20]
-    n_evals = [64, 32, 32] if method == "mlmc" else [64, 32]
+def coverage(model, method: str, repeats: int, combinations: int = 6, fidelities=None,
+             designs=None) -> dict[str, np.ndarray]:
+    """Hits of the exact 20-step DDIM truth (brightness, and each pixel of pixel_mean) for the first
+    ``combinations`` design combinations of ``method`` (or ``designs`` at ``fidelities``)."""
+    if fidelities is None:
+        fidelities = FIDELITIES if method == "mlmc" else [2, 20]
+    designs = COMBINATIONS[method][:combinations] if designs is None else designs
+    n_evals = [64] + [32] * (len(fidelities) - 1)
     fine = model.with_steps(fidelities[-1])
     truth = {s: mcdiff.exact_expectation(fine, s) for s in ("brightness", "pixel_mean")}
     hits: dict[str, list] = {}
     for seed in range(repeats):
-        summary = mcdiff.estimate_multifidelity(model, list(truth), fidelities, COMBINATIONS[method][:combinations],
-                                                method=method,
+        summary = mcdiff.estimate_multifidelity(model, list(truth), fidelities, designs, method=method,
                                                 n_evals=n_evals, pilot=32, seed=seed, progress=False)["summary"]
         for design in summary["design"].values:
             for stat, exact in truth.items():
@@ -334,6 +491,15 @@ def _check_coverage(hits: dict[str, np.ndarray], repeats: int) -> None:
 def test_intervals_cover_the_fine_truth_in_200_repeats(probit_model, method):
     """The four designs on every level and one mixed combination (all six under -m slow)."""
     _check_coverage(coverage(probit_model, method, 200, combinations=5), 200)
+
+
+@pytest.mark.parametrize(("method", "design"), [("mlmc", SobolRQMC(16, antithetic=True)), ("cv", "amc")])
+def test_intervals_with_a_solver_level_cover_the_fine_truth_in_100_repeats(probit_model, method, design):
+    """UniPC at 3 steps under DDIM at 20 (every combination of the study, at 500 repeats:
+    ``statistics/results/multifidelity_coverage_solvers.md``). Within 3 binomial SE (6.5% at
+    100 repeats): each of the 2 entries per test fails by chance with probability about 0.3%."""
+    hits = coverage(probit_model, method, 100, fidelities=[("UniPCMultistepScheduler", 3), 20], designs=[design])
+    _check_coverage(hits, 100)
 
 
 @pytest.mark.slow

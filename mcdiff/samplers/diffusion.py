@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DEISMultistepScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DModel,
+    UniPCMultistepScheduler,
+)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from mcdiff.noise import Noise, as_noise
@@ -26,12 +33,22 @@ from mcdiff.samplers.schedulers import (
     step_parameters,
 )
 
-SCHEDULERS: dict[str, type[SchedulerMixin]] = {"DDIMScheduler": DDIMScheduler, "DDPMScheduler": DDPMScheduler}
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "DDIMScheduler": DDIMScheduler,
+    "DDPMScheduler": DDPMScheduler,
+    "DPMSolverMultistepScheduler": DPMSolverMultistepScheduler,
+    "UniPCMultistepScheduler": UniPCMultistepScheduler,
+    "DEISMultistepScheduler": DEISMultistepScheduler,
+}
 """Schedulers of the ``alphas_cumprod`` parametrisation with integer timesteps, by class name.
 
-The analytic model (:class:`~mcdiff.samplers.gaussian.GaussianSampler`) and DPS
-(:func:`predicted_original_sample`) need this parametrisation; :class:`DiffusionSampler`
-itself runs every scheduler in :data:`~mcdiff.samplers.schedulers.SUPPORTED_SCHEDULERS`.
+The analytic models (:class:`~mcdiff.samplers.gaussian.GaussianSampler`,
+:class:`~mcdiff.samplers.mixture.GaussianMixtureSampler`) index ``alphas_cumprod`` by the
+timestep, so they run these only. Each update is linear in ``(x_t, eps)`` (DDIM, Song et al.
+2021, eq. 12; DDPM, Ho et al. 2020, Algorithm 2; the multistep DPM-Solver++ 2M, UniPC and
+DEIS combine the current and earlier ``x_0`` predictions linearly), so with an affine score
+the whole sampler is affine in its noise. :class:`DiffusionSampler` itself runs every
+scheduler in :data:`~mcdiff.samplers.schedulers.SUPPORTED_SCHEDULERS`.
 """
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,9 +71,21 @@ def _module_placement(module) -> tuple[torch.device, torch.dtype] | None:
 
 
 def check_scheduler_name(name: str) -> None:
-    """Raise ``ValueError`` unless ``name`` is in :data:`SCHEDULERS` (DDIM or DDPM)."""
+    """Raise ``ValueError`` unless ``name`` is in :data:`SCHEDULERS`."""
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler {name} is not supported; supported: {', '.join(SCHEDULERS)}")
+
+
+def unclipped_scheduler(name: str) -> SchedulerMixin:
+    """A fresh scheduler of :data:`SCHEDULERS` on diffusers' default linear schedule, never clipping.
+
+    Every one is built from the configuration of ``DDIMScheduler(clip_sample=False)`` (1000
+    training steps, betas linear from 1e-4 to 0.02, ``"leading"`` timestep spacing), so all
+    share one ``alphas_cumprod``; none clips ``x_0`` (``clip_sample=False``) or thresholds it
+    (``thresholding=False``, the multistep solvers' default), which keeps the update affine.
+    """
+    check_scheduler_name(name)
+    return SCHEDULERS[name].from_config(DDIMScheduler(clip_sample=False).config)
 
 
 def check_num_inference_steps(num_inference_steps: int, scheduler: SchedulerMixin) -> None:
@@ -395,8 +424,24 @@ class DiffusionSampler(Sampler):
         The copy shares ``unet``; its ``nfe`` is counted again. Subclasses whose constructor
         takes other arguments add them to :meth:`settings`.
         """
+        return self.with_scheduler(self.scheduler, num_inference_steps)
+
+    def with_scheduler(self, scheduler: str | SchedulerMixin, num_inference_steps: int) -> DiffusionSampler:
+        """The same network and settings with another scheduler and step count (a fidelity).
+
+        Parameters
+        ----------
+        scheduler : str or diffusers scheduler
+            A class name (see :data:`~mcdiff.samplers.schedulers.SUPPORTED_SCHEDULERS`), built
+            from this sampler's scheduler configuration (same noise schedule and prediction
+            type), e.g. ``"UniPCMultistepScheduler"``; or a scheduler object.
+        num_inference_steps : int
+            Sampling steps of the copy; its ``nfe`` is counted again by the dry run.
+        """
+        if isinstance(scheduler, str):
+            scheduler = scheduler_class(scheduler).from_config(self.scheduler.config)
         settings = {**self.settings(), "num_inference_steps": num_inference_steps}
-        return type(self)(self.unet, self.scheduler, **settings)
+        return type(self)(self.unet, scheduler, **settings)
 
     def settings(self) -> dict:
         """The keyword arguments that rebuild this sampler around the same ``unet`` and ``scheduler``."""

@@ -1,12 +1,13 @@
-"""The analytic model: Gaussian data, exact score, the real DDIM update, known answers."""
+"""The analytic model: Gaussian data, exact score, the real DDIM (or another linear) update, known answers."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from scipy.special import ndtr
 
-from mcdiff.samplers.diffusion import SCHEDULERS, DiffusionSampler, check_scheduler_name
+from mcdiff.samplers.diffusion import DiffusionSampler, unclipped_scheduler
 
 OUTPUTS = ("affine", "clip", "probit")
 """Output maps of the analytic samplers, from ``Y = (x_0 + 1) / 2`` to the image (see :func:`decode`)."""
@@ -33,13 +34,17 @@ class GaussianScore(torch.nn.Module):
 
 
 class GaussianSampler(DiffusionSampler):
-    """DDIM on Gaussian image data with the exact score: a sampler whose answers are known.
+    """DDIM (or another linear solver) on Gaussian image data with the exact score: known answers.
 
     Data are ``N(mean, diag(std^2))`` in image units ([0, 1] scale), i.e.
     ``mu = 2 mean - 1``, ``s = 2 std`` in model space. The exact score is affine, so every
-    DDIM step is affine in its inputs and the whole sampler is an affine, pixel-wise map of
+    step of a solver in :data:`~mcdiff.samplers.diffusion.SCHEDULERS` (DDIM, DDPM, and the
+    multistep DPM-Solver++ 2M, UniPC and DEIS, whose updates are linear in ``(x_t, eps)``) is
+    affine in its inputs and the whole sampler is an affine, pixel-wise map of
     the noise path: each output pixel is ``N(m_p, v_p)`` with ``m_p`` and ``v_p`` computed
     exactly by :meth:`output_moments`. An antithetic pair then averages to exactly ``m``.
+    (DPM-Solver++ rounds ``x_t`` to float32 inside each step, so its map is affine to about
+    1e-7.)
 
     ``output`` chooses how the final image is formed from the sampler's ``x_0``:
 
@@ -57,8 +62,12 @@ class GaussianSampler(DiffusionSampler):
     image_shape : (C, H, W)
     num_inference_steps, eta
         As for :class:`~mcdiff.samplers.diffusion.DiffusionSampler`.
-    scheduler : {"DDIMScheduler", "DDPMScheduler"}
-        The diffusers update to run (neither clips ``x_0``, so the map stays affine).
+    scheduler : str
+        The diffusers update to run, a name in :data:`~mcdiff.samplers.diffusion.SCHEDULERS`
+        ("DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler",
+        "UniPCMultistepScheduler", "DEISMultistepScheduler"), built by
+        :func:`~mcdiff.samplers.diffusion.unclipped_scheduler` (none clips or thresholds
+        ``x_0``, so the map stays affine).
     output : {"affine", "clip", "probit"}
         The final map from ``Y = (x_0 + 1) / 2`` to the image.
     probit_width : float
@@ -88,8 +97,7 @@ class GaussianSampler(DiffusionSampler):
             raise ValueError(f"mean and std must broadcast to image_shape {shape}: {err}") from None
         if not (torch.isfinite(mean_img).all() and (std_img > 0).all() and torch.isfinite(std_img).all()):
             raise ValueError("mean must be finite and std finite and > 0")
-        check_scheduler_name(scheduler)
-        unclipped = SCHEDULERS[scheduler](clip_sample=False)
+        unclipped = unclipped_scheduler(scheduler)
         score = GaussianScore(2 * mean_img - 1, 2 * std_img, unclipped.alphas_cumprod)
         super().__init__(
             score,
@@ -107,14 +115,22 @@ class GaussianSampler(DiffusionSampler):
         return decode(super().sample(noise), self.output, self.probit_width)
 
     def with_steps(self, num_inference_steps: int) -> GaussianSampler:
-        """The same data distribution and output map at another step count (a fidelity)."""
+        """The same data distribution, solver and output map at another step count (a fidelity)."""
+        return self.with_scheduler(type(self.scheduler).__name__, num_inference_steps)
+
+    def with_scheduler(self, scheduler: str | SchedulerMixin, num_inference_steps: int) -> GaussianSampler:
+        """The same data distribution and output map with another solver and step count (a fidelity).
+
+        ``scheduler`` is a name in :data:`~mcdiff.samplers.diffusion.SCHEDULERS` or a scheduler
+        of one of those classes (only its class is used: the analytic model's schedule is fixed).
+        """
         return GaussianSampler(
             mean=self.data_mean.numpy(),
             std=self.data_std.numpy(),
             image_shape=self.image_shape,
             num_inference_steps=num_inference_steps,
             eta=self.eta,
-            scheduler=type(self.scheduler).__name__,
+            scheduler=scheduler if isinstance(scheduler, str) else type(scheduler).__name__,
             output=self.output,
             probit_width=self.probit_width,
         )

@@ -11,7 +11,7 @@ from mcdiff.samplers.diffusion import (
     SCHEDULERS,
     DiffusionSampler,
     check_num_inference_steps,
-    check_scheduler_name,
+    unclipped_scheduler,
 )
 from mcdiff.samplers.gaussian import OUTPUTS, check_output, decode, decoded_mean
 
@@ -179,8 +179,9 @@ class GaussianMixtureSampler(DiffusionSampler):
         Low-rank covariance factors ``F_k`` (r columns per component), image units.
     num_inference_steps, eta
         As for :class:`~mcdiff.samplers.diffusion.DiffusionSampler`.
-    scheduler : {"DDIMScheduler", "DDPMScheduler"}
-        Built unclipped from diffusers' defaults, as for ``GaussianSampler``.
+    scheduler : str
+        A name in :data:`~mcdiff.samplers.diffusion.SCHEDULERS`, built unclipped from diffusers'
+        defaults, as for ``GaussianSampler``.
     output : {"affine", "clip", "probit"}
         The map from ``Y = (x_0 + 1) / 2`` to the image, as for ``GaussianSampler``.
     probit_width : float
@@ -211,13 +212,12 @@ class GaussianMixtureSampler(DiffusionSampler):
         probit_width: float = 0.25,
     ):
         check_output(output, probit_width)
-        check_scheduler_name(scheduler)
+        unclipped = unclipped_scheduler(scheduler)
         weights, means, stds, factors = _check_parameters(weights, means, stds, factors)
         dtype = torch.float64
         n_components, *shape = means.shape
         flat = (n_components, math.prod(shape))
         factor_columns = torch.as_tensor(factors).reshape(n_components, factors.shape[1], flat[1]).transpose(1, 2)
-        unclipped = SCHEDULERS[scheduler](clip_sample=False)
         check_num_inference_steps(num_inference_steps, unclipped)
         schedule = SCHEDULERS[scheduler].from_config(unclipped.config)
         schedule.set_timesteps(num_inference_steps)
@@ -263,6 +263,11 @@ class GaussianMixtureSampler(DiffusionSampler):
 
     def with_steps(self, num_inference_steps: int) -> GaussianMixtureSampler:
         """The same mixture, scheduler and output map at another step count (a fidelity)."""
+        return self.with_scheduler(type(self.scheduler).__name__, num_inference_steps)
+
+    def with_scheduler(self, scheduler: str, num_inference_steps: int) -> GaussianMixtureSampler:
+        """The same mixture and output map with another solver (a name in
+        :data:`~mcdiff.samplers.diffusion.SCHEDULERS`) and step count (a fidelity)."""
         return GaussianMixtureSampler(
             self.weights,
             self.means,
@@ -270,7 +275,7 @@ class GaussianMixtureSampler(DiffusionSampler):
             self.factors,
             num_inference_steps=num_inference_steps,
             eta=self.eta,
-            scheduler=type(self.scheduler).__name__,
+            scheduler=scheduler,
             output=self.output,
             probit_width=self.probit_width,
         )
