@@ -525,9 +525,8 @@ def _nested_scramble(points: np.ndarray, key: int, device: torch.device) -> np.n
     randomisation below ``2^-b`` is the cell centring of the caller).
 
     The hashes (about 900 integer operations per coordinate) run as torch integer operations
-    on ``device``, in pieces of :data:`CHUNK_VALUES` coordinates: on a GPU this is the
-    cheap part of a batch; on the CPU it costs about 0.4 us per coordinate. The words are
-    the same on every device.
+    on ``device``, all levels of a piece of :data:`CHUNK_VALUES` nodes at once: on a GPU this
+    is the cheap part of a batch. The words are the same on every device.
 
     Parameters
     ----------
@@ -544,20 +543,18 @@ def _nested_scramble(points: np.ndarray, key: int, device: torch.device) -> np.n
         The scrambled integers.
     """
     bits = _SOBOL_BITS
-    words = as_words(points).to(device)
-    column = torch.arange(points.shape[1], device=device, dtype=torch.int64) << (bits + 5)
+    words = as_words(points).to(device).reshape(-1)
+    level = torch.arange(1, bits + 1, device=device, dtype=torch.int64)[:, None]  # k, on axis 0
     key64 = int(as_words(key))
-    rows = max(1, _chunk_values(device) // max(1, points.shape[1]))
+    size = max(1, _chunk_values(device) // bits)
     out = torch.empty_like(words)
-    for first in range(0, len(words), rows):
-        x = words[first : first + rows]
-        flips = torch.zeros_like(x)
-        for k in range(1, bits + 1):
-            node = (x >> (bits - k + 1)) | (column | (k << bits))
-            coin = _shift_right(_mix64(_mix64(node) ^ key64), 63)
-            flips |= coin << (bits - k)
-        out[first : first + rows] = x ^ flips
-    return np.ascontiguousarray(out.cpu().numpy()).view(np.uint64)
+    for first in range(0, len(words), size):  # every level of `size` coordinates at once: (bits, size) nodes
+        x = words[first : first + size]
+        column = torch.arange(first, first + len(x), device=device, dtype=torch.int64) % max(1, points.shape[1])
+        node = (x >> (bits + 1 - level)) | (level << bits) | (column << (bits + 5))
+        coin = _shift_right(_mix64(_mix64(node) ^ key64), 63)
+        out[first : first + size] = x ^ (coin << (bits - level)).sum(0)  # distinct bits: the sum is an OR
+    return np.ascontiguousarray(out.reshape(points.shape).cpu().numpy()).view(np.uint64)
 
 
 @dataclass(frozen=True)

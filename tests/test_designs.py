@@ -107,7 +107,7 @@ def test_nested_scramble_is_its_definition_in_exact_integers():
         expected[i, j] = x ^ flips
     np.testing.assert_array_equal(_nested_scramble(points, key, torch.device("cpu")), expected)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(mcdiff.designs.CHUNK_VALUES, "cpu", 9)  # one row at a time
+        patch.setitem(mcdiff.designs.CHUNK_VALUES, "cpu", 9)  # one coordinate at a time
         np.testing.assert_array_equal(_nested_scramble(points, key, torch.device("cpu")), expected)
 
 
