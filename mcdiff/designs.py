@@ -71,7 +71,8 @@ CHUNK_VALUES = {"cpu": 2**17, "accelerator": 2**23}
 """How many values one pass of elementwise integer work covers, by device.
 
 :class:`DesignNoise` generates this many noise values per batch at once when a sampler steps
-through time, and :func:`_nested_scramble` hashes this many Sobol' coordinates at once. On the
+through time, and :func:`_nested_scramble` hashes this many tree nodes (30 levels of a piece
+of Sobol' coordinates) at once. On the
 CPU a chunk's integer work stays in the cache (``2^15`` Philox blocks, 256 KiB per word); on
 a GPU (any other device type) each of the generator's ~130 tensor operations is a kernel
 launch, so a chunk spans several steps of a large batch (``2^23`` values, 32 MiB in float32;
