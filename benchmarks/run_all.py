@@ -64,7 +64,7 @@ BENCHMARKS = (
     Benchmark("diversity_table", ("--output", OUTPUT), ("--pairs", "64", "--steps", "20", "--output", OUTPUT), 183),
     Benchmark("diagnostics_digits", ("--output", OUTPUT),
               ("--steps", "10", "--n-pairs", "16", "--probes", "2", "--output", OUTPUT), 267),
-    Benchmark("throughput", (), ("--size", "16", "--ddpm-steps", "50", "--repeats", "1"), 2100),
+    Benchmark("throughput", (), ("--size", "16", "--ddpm-steps", "50", "--ddim-batches", "2"), 1275),
     Benchmark("memory_and_dask", (), ("--sizes", "1000", "10000", "--dask-n-evals", "2048"), 188),
     Benchmark("multifidelity", ("--output", OUTPUT), ("--quick", "--output", OUTPUT), 922),
     Benchmark("offset_noise", ("--steps", "1500", "--size", "16", "--out", "runs/offset-study"),

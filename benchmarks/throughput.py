@@ -7,25 +7,32 @@ step)``, the sampler, and a statistic (each image's brightness). The plain side 
 diffusers user writes: ``torch.randn`` with a generator, ``unet`` + ``scheduler.step`` in a
 loop (DDPM draws its step noise inside ``step``), the mean of each image.
 
-Two measures of the overhead, ``mcdiff / plain - 1``:
+The loops run in lockstep (:class:`Lockstep`): the plain loop and the four designs run in
+threads that take turns, one network call each, so the k-th steps of all five run within a
+fraction of a second of each other. A shared machine's speed drifts by several per cent over
+minutes, more than the overhead to be measured; in lockstep the drift hits the k-th step
+of every loop alike and cancels in the paired comparison. Each turn (a network call, the
+scheduler step, the noise, the statistic where a batch ends) is timed; waiting for a turn
+is not. The overhead is ``sum(design turns) / sum(plain turns) - 1``, its standard error
+from the paired differences over :data:`BLOCKS` contiguous blocks of turns.
 
-- ``overhead``: with the UNet. Each repeat runs the plain loop and then every design, back
-  to back, so that slow drifts of the machine hit a repeat's runs alike; the column is the
-  median over repeats of each repeat's ratio, with its range.
-- ``null-net overhead``: both loops again with the UNet replaced by a network that costs
-  next to nothing (``0.1 x``), so what remains is what mcdiff adds (noise, the scheduler
-  plumbing, the statistic) with little timing noise; divided by the plain loop's time with
-  the UNet it is the overhead that the UNet run would show without the timing noise.
-  ``one thread`` is the same with ``prefetch=False``: every noise draw made on the
-  sampler's thread when it is needed, none ahead on a free processor. With a network that
-  costs nothing there is nothing to overlap with, so both are upper bounds.
-- ``idle-net overhead`` (CPU only): both loops with a network that sleeps ``--idle-ms`` per
-  call and then costs nothing, a stand-in for a network that runs on a GPU and leaves the
-  CPU free; mcdiff's noise is then made ahead on a worker thread while the network runs.
-  Relative to the plain loop with that network; each run is 4 batches, so that the next
-  batch's Sobol' points can be made while one runs (the first batch's cannot).
+- ``overhead``: with the UNet, mcdiff's defaults (on this machine, with one torch thread and
+  a second core, step noise is made a chunk ahead on a worker thread). The worker runs
+  whichever loop has the turn, so the little it slows the plain loop is not charged to
+  mcdiff; ``one thread`` has none.
+- ``one thread``: the same with ``prefetch=False``, every noise draw made on the sampler's
+  thread when it is needed: all of mcdiff's work is inside its own turns.
+- ``idle-net`` (CPU only): a network that sleeps ``--idle-ms`` per call and then costs
+  nothing, a stand-in for a network that runs on a GPU and leaves the CPU free; mcdiff's
+  noise is then made ahead while the network runs. Each loop runs :data:`IDLE_BATCHES`
+  batches, so that the next batch's Sobol' points are made while one runs.
+- ``noise ms/eval``: the time to generate one evaluation's whole noise path alone.
+- ``plain again``: a second plain loop in the same lockstep, compared with the first as the
+  designs are: what the method reports when there is no difference to find.
 
-``noise ms/eval`` is the time to generate one evaluation's whole noise path alone.
+The benchmark asks glibc's malloc to keep freed memory (:func:`keep_freed_memory`): with its
+defaults, page faults took 10-17% of the sampling time here and differed by several per cent
+between threads doing the same work, more than the overhead to be measured.
 
 Peak memory: a DDPM run at 10 and at 1000 steps, each in a fresh process (peak RSS only
 grows; on a GPU, ``torch.cuda.max_memory_allocated``), after imports and a warm-up batch.
@@ -37,9 +44,11 @@ grows; on a GPU, ``torch.cuda.max_memory_allocated``), after imports and a warm-
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import subprocess
 import sys
+import threading
 import time
 from functools import partial
 
@@ -73,6 +82,99 @@ CONFIGS = {
 RUNS = (("DDIM", DDIMScheduler, 50), ("DDPM", DDPMScheduler, 1000))
 IDLE_BATCHES = 4
 """Batches per run with the idle network: batch ``k + 1``'s Sobol' points are made while ``k`` runs."""
+BLOCKS = 20
+"""Contiguous blocks of turns whose paired differences give the overhead's standard error."""
+
+
+class Lockstep:
+    """Loops in threads that take turns, one network call each; every turn is timed.
+
+    Loop ``i`` runs from one of its network calls up to the next (the call, the scheduler
+    step, the noise, whatever comes before the next call) and then hands over to the next
+    loop still running, so all loops advance together. Turn 0 is what a loop does before
+    its first network call, turn ``k`` holds its call ``k``, and the last turn ends when the
+    loop returns. Waiting for a turn is not timed; on a GPU each turn ends with a
+    synchronisation, so that its kernels are charged to it.
+    """
+
+    def __init__(self, count: int, device: torch.device):
+        self._go = [threading.Semaphore(0) for _ in range(count)]
+        self._running = list(range(count))
+        self._lock = threading.Lock()
+        self._started = [0.0] * count
+        self._sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+        self.turns: list[list[float]] = [[] for _ in range(count)]
+
+    def network(self, i: int, network: torch.nn.Module) -> torch.nn.Module:
+        """``network`` as loop ``i`` calls it: each call waits for the loop's next turn."""
+        return _TakingTurns(network, partial(self._turn, i))
+
+    def run(self, loops) -> list[np.ndarray]:
+        """Run the callables ``loops`` in lockstep; the seconds of each loop's turns."""
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=self._loop, args=(i, loop, errors)) for i, loop in enumerate(loops)]
+        for thread in threads:
+            thread.start()
+        self._go[0].release()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return [np.array(t) for t in self.turns]
+
+    def _loop(self, i: int, loop, errors: list) -> None:
+        self._take(i)
+        try:
+            loop()
+        except BaseException as err:  # re-raised by run(), after the other loops end
+            errors.append(err)
+        finally:
+            self._hand_over(i, done=True)
+
+    def _turn(self, i: int) -> None:
+        self._hand_over(i, done=False)
+        self._take(i)
+
+    def _take(self, i: int) -> None:
+        self._go[i].acquire()
+        self._started[i] = time.perf_counter()
+
+    def _hand_over(self, i: int, done: bool) -> None:
+        self._sync()
+        self.turns[i].append(time.perf_counter() - self._started[i])
+        with self._lock:
+            following = self._running[(self._running.index(i) + 1) % len(self._running)]
+            if done:
+                self._running.remove(i)
+        if not (done and following == i):
+            self._go[following].release()
+
+
+class _TakingTurns(torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, turn):
+        super().__init__()
+        self.network, self.turn = network, turn
+
+    def forward(self, *args, **kwargs):
+        self.turn()
+        return self.network(*args, **kwargs)
+
+
+def paired_overhead(ours: np.ndarray, plain: np.ndarray, blocks: int = BLOCKS) -> tuple[float, float]:
+    """``sum(ours) / sum(plain) - 1`` of turn times paired by index, and its standard error.
+
+    The error is that of the sum of paired differences of turns 1 onwards, from their spread
+    over ``blocks`` contiguous blocks (blocks absorb correlation between neighbouring turns).
+    Turn 0, what each loop does once before its first network call (for RQMC, the first
+    batch's Sobol' points), is counted in the overhead but not in its error: it is a one-off
+    cost, not a draw from the steady state.
+    """
+    if ours.shape != plain.shape:
+        raise ValueError(f"the loops took {len(ours)} and {len(plain)} turns; lockstep needs equal turns")
+    paired = ours - plain
+    differences = np.array([d.sum() for d in np.array_split(paired[1:], min(blocks, len(paired) - 1))])
+    total = plain.sum()
+    return paired.sum() / total, differences.std(ddof=1) * np.sqrt(len(differences)) / total
 
 
 def _unet(config: str, size: int, device: torch.device, dtype: torch.dtype) -> UNet2DModel:
@@ -123,11 +225,6 @@ def _draw_noise(sampler, design, batch) -> None:
         noise.step("steps", i)
 
 
-def _repeat(run, times: int) -> None:
-    for _ in range(times):
-        run()
-
-
 def _designs(batch: int) -> dict:
     """Every design with one run of ``batch`` evaluations (RQMC: 2 replicates of ``batch / 2``)."""
     designs = {
@@ -141,14 +238,56 @@ def _designs(batch: int) -> dict:
     return designs
 
 
-def _timed(fn) -> float:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+def _seconds(fn, device: torch.device, repeats: int = 3) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after a warm-up call."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _lockstep(args, network, scheduler_class, steps, batches, prefetch) -> dict[str, np.ndarray]:
+    """The plain loop and every design in lockstep on ``network``: turn seconds by name."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    shape, n = (3, args.size, args.size), args.batch * batches
+    lockstep = Lockstep(2 + len(DESIGN_NAMES), device)
+
+    def plain(i: int) -> None:
+        turns = lockstep.network(i, network)
+        for _ in range(batches):
+            _plain_loop(turns, scheduler_class(num_train_timesteps=1000), steps, args.batch, shape, device, dtype)
+
+    loops = [partial(plain, 0), partial(plain, 1)]
+    for i, design in enumerate(_designs(n).values(), start=2):
+        sampler = DiffusionSampler(
+            lockstep.network(i, network), scheduler_class(num_train_timesteps=1000), steps,
+            image_shape=shape, device=device, dtype=dtype,
+        )
+        loops.append(partial(evaluate_design, sampler, [brightness], design, n, 0, args.batch, prefetch=prefetch))
+    return dict(zip(("plain", "plain again", *DESIGN_NAMES), lockstep.run(loops)))
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse (``mallopt``); False where libc is not glibc.
+
+    With its defaults a large tensor is often a fresh mapping whose pages fault in when first
+    touched: with the small UNet here that is 10-17% of the sampling time (system time), and
+    it differs from thread to thread (each has its own arena), by several per cent between
+    loops that do the same work. Blocks up to 32 MiB then come from the heap, which is never
+    trimmed; both loops of a comparison run under the same setting.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 32 * 2**20)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def _peak_memory_mb(args, steps: int) -> float:
@@ -189,9 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="small", choices=list(CONFIGS), help="UNet (default small)")
     parser.add_argument("--size", type=int, default=32, help="image side (default 32)")
     parser.add_argument(
-        "--batch", type=int, default=16, help="evaluations per run, one batch: 4 times a power of 2 (default 16)"
+        "--batch", type=int, default=16, help="evaluations per batch: 4 times a power of 2 (default 16)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per run (default 3)")
+    parser.add_argument("--ddim-batches", type=int, default=8, help="batches per DDIM loop (default 8; DDPM: 1)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default 1 on the CPU)")
     parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -211,80 +350,59 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_child is not None:
         return memory_child(args, args.memory_child)
 
+    kept = keep_freed_memory()
     unet = _unet(args.config, args.size, device, dtype)
     shape = (3, args.size, args.size)
     n_params = sum(p.numel() for p in unet.parameters()) / 1e6
     print(
         f"UNet2DModel {args.config} {shape} ({n_params:.1f}M parameters), batch {args.batch}, "
-        f"{args.repeats} repeats, {device} {args.dtype}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{device} {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"malloc {'keeps freed memory' if kept else 'defaults'}"
     )
-    networks = {"unet": unet, "null": NullNetwork(device, dtype)}
-    if device.type == "cpu" and args.idle_ms:
-        networks["idle"] = NullNetwork(device, dtype, idle=args.idle_ms / 1e3)
-    runs, labels = {}, []
+    idle = NullNetwork(device, dtype, idle=args.idle_ms / 1e3) if device.type == "cpu" and args.idle_ms else None
+    _lockstep(args, unet, DDIMScheduler, 5, 1, None)  # warm-up: every loop once
+    columns = {"overhead": {}, "one thread": {}, "idle-net": {}}
+    header = (
+        f"{'sampler':<10} {'design':<11} {'plain ms/eval':>14} {'mcdiff ms/eval':>15} {'overhead ± SE':>16} "
+        f"{'one thread ± SE':>16} {'idle-net ± SE':>16} {'noise ms/eval':>14}"
+    )
+    rows = []
     for label, scheduler_class, steps in RUNS:
         steps = args.ddpm_steps if label == "DDPM" else steps
-        scheduler = scheduler_class(num_train_timesteps=1000)
-        name = f"{label} {steps}"
-        labels.append(name)
-        for net, network in networks.items():
-            sampler = DiffusionSampler(
-                network, scheduler, num_inference_steps=steps, image_shape=shape, device=device, dtype=dtype
+        name, batches = f"{label} {steps}", (args.ddim_batches if label == "DDIM" else 1)
+        started = time.perf_counter()
+        runs = {
+            "overhead": _lockstep(args, unet, scheduler_class, steps, batches, None),
+            "one thread": _lockstep(args, unet, scheduler_class, steps, batches, False),
+        }
+        if idle is not None:
+            runs["idle-net"] = _lockstep(args, idle, scheduler_class, steps, IDLE_BATCHES, None)
+        print(f"{name}: lockstep runs took {time.perf_counter() - started:.0f} s", flush=True)
+        sampler = DiffusionSampler(
+            unet, scheduler_class(num_train_timesteps=1000), steps, image_shape=shape, device=device, dtype=dtype
+        )
+        evals = args.batch * batches
+        for design_name, design in {"plain again": None, **_designs(args.batch)}.items():
+            noise = partial(_draw_noise, sampler, design, args.batch) if design else None
+            noise_ms = f"{_seconds(noise, device) / args.batch * 1e3:.2f}" if design else "-"
+            cells = []
+            for column, turns in runs.items():
+                value, error = paired_overhead(turns[design_name], turns["plain"])
+                if design:
+                    columns[column][name, design_name] = (value, error)
+                cells.append(f"{value:+.2%} ± {error:.2%}")
+            cells += ["-"] * (3 - len(cells))
+            plain_ms, ours_ms = (runs["overhead"][k].sum() / evals * 1e3 for k in ("plain", design_name))
+            rows.append(
+                f"{name:<10} {design_name:<11} {plain_ms:>14.2f} {ours_ms:>15.2f} {cells[0]:>16} {cells[1]:>16} "
+                f"{cells[2]:>16} {noise_ms:>14}"
             )
-            n = args.batch * (IDLE_BATCHES if net == "idle" else 1)
-            plain = partial(_plain_loop, network, scheduler, steps, args.batch, shape, device, dtype)
-            runs[name, net, "plain"] = partial(_repeat, plain, n // args.batch)
-            for design, d in _designs(n).items():
-                runs[name, net, design] = partial(evaluate_design, sampler, [brightness], d, n, 0, args.batch)
-                if net == "null":  # the same with every noise draw on the sampler's own thread
-                    runs[name, "null serial", design] = partial(
-                        evaluate_design, sampler, [brightness], d, args.batch, 0, args.batch, prefetch=False
-                    )
-        for design, d in _designs(args.batch).items():
-            runs[name, "noise", design] = partial(_draw_noise, sampler, d, args.batch)
-    for key, run in runs.items():  # warm-up (the DDPM runs' first repeat warms nothing more)
-        if key[0].startswith("DDIM") or key[1] != "unet":
-            run()
-    times = {key: [] for key in runs}
-    for _ in range(args.repeats):
-        for key, run in runs.items():  # plain, then every design, back to back, per sampler and network
-            times[key].append(_timed(run))
-
-    per_eval = {
-        key: np.array(t) / args.batch / (IDLE_BATCHES if key[1] == "idle" else 1) * 1e3 for key, t in times.items()
-    }
-    print(
-        f"\n{'sampler':<10} {'design':<9} {'plain ms/eval':>14} {'mcdiff ms/eval':>15} "
-        f"{'overhead (range)':>24} {'null-net overhead':>18} {'one thread':>11} {'idle-net overhead':>18} "
-        f"{'noise ms/eval':>14}"
-    )
-    columns = {"overhead": {}, "null-net overhead": {}, "one thread": {}, "idle-net overhead": {}}
-    for name in labels:
-        plain = per_eval[name, "unet", "plain"]
-        null_plain = np.median(per_eval[name, "null", "plain"])
-        for design in DESIGN_NAMES:
-            ours = per_eval[name, "unet", design]
-            ratios = ours / plain - 1
-            row = {"overhead": np.median(ratios)}
-            for net, column in (("null", "null-net overhead"), ("null serial", "one thread")):
-                row[column] = (np.median(per_eval[name, net, design]) - null_plain) / np.median(plain)
-            if "idle" in networks:
-                row["idle-net overhead"] = np.median(per_eval[name, "idle", design] / per_eval[name, "idle", "plain"] - 1)
-            for column, value in row.items():
-                columns[column][name, design] = value
-            spread = f"[{ratios.min():+.1%}, {ratios.max():+.1%}]"
-            idle = f"{row['idle-net overhead']:+.2%}" if "idle" in networks else "-"
-            print(
-                f"{name:<10} {design:<9} {np.median(plain):>14.3f} {np.median(ours):>15.3f} "
-                f"{row['overhead']:>+8.1%} {spread:>15} {row['null-net overhead']:>+18.2%} "
-                f"{row['one thread']:>+11.2%} {idle:>18} {np.median(per_eval[name, 'noise', design]):>14.3f}"
-            )
-    print()
+    print("\n" + header + "\n" + "\n".join(rows) + "\n")
     for column, values in columns.items():
         if values:
-            worst = max(values, key=values.get)
-            print(f"largest {column}: {values[worst]:+.2%} ({' '.join(worst)})")
+            worst = max(values, key=lambda k: values[k][0] + 2 * values[k][1])
+            value, error = values[worst]
+            print(f"largest {column} + 2 SE: {value + 2 * error:+.2%} ({' '.join(worst)}: {value:+.2%} ± {error:.2%})")
 
     if not args.no_memory:
         low, high = (_peak_memory_mb(args, s) for s in (10, args.ddpm_steps))
