@@ -7,9 +7,9 @@ step)``, the sampler, and a statistic (each image's brightness). The plain side 
 diffusers user writes: ``torch.randn`` with a generator, ``unet`` + ``scheduler.step`` in a
 loop (DDPM draws its step noise inside ``step``), the mean of each image.
 
-The loops run in lockstep (:class:`Lockstep`): the plain loop and the four designs run in
-threads that take turns, one network call each, so the k-th steps of all five run within a
-fraction of a second of each other. A shared machine's speed drifts by several per cent over
+The loops run in lockstep (:class:`Lockstep`): the plain loop, a second plain loop and the
+four designs run in threads that take turns, one network call each, so the k-th steps of all
+six run within a fraction of a second of each other. A shared machine's speed drifts by several per cent over
 minutes, more than the overhead to be measured; in lockstep the drift hits the k-th step
 of every loop alike and cancels in the paired comparison. Each turn (a network call, the
 scheduler step, the noise, the statistic where a batch ends) is timed; waiting for a turn
@@ -18,8 +18,9 @@ from the paired differences over :data:`BLOCKS` contiguous blocks of turns.
 
 - ``overhead``: with the UNet, mcdiff's defaults (on this machine, with one torch thread and
   a second core, step noise is made a chunk ahead on a worker thread). The worker runs
-  whichever loop has the turn, so the little it slows the plain loop is not charged to
-  mcdiff; ``one thread`` has none.
+  while other loops have the turn and slows them (shared cache and memory), so what it
+  costs is partly charged to them: ``plain again`` shows how much; ``one thread`` has no
+  such leak.
 - ``one thread``: the same with ``prefetch=False``, every noise draw made on the sampler's
   thread when it is needed: all of mcdiff's work is inside its own turns.
 - ``idle-net`` (CPU only): a network that sleeps ``--idle-ms`` per call and then costs
@@ -102,7 +103,7 @@ class Lockstep:
         self._running = list(range(count))
         self._lock = threading.Lock()
         self._started = [0.0] * count
-        self._sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+        self._sync = _synchronizer(device)
         self.turns: list[list[float]] = [[] for _ in range(count)]
 
     def network(self, i: int, network: torch.nn.Module) -> torch.nn.Module:
@@ -183,21 +184,20 @@ def _unet(config: str, size: int, device: torch.device, dtype: torch.dtype) -> U
     return unet if (device.type, dtype) == ("cpu", torch.float32) else unet.to(device=device, dtype=dtype)
 
 
-class NullNetwork(torch.nn.Module):
-    """A network that costs next to nothing, ``eps(x, t) = 0.1 x``, after ``idle`` seconds of sleep.
+class IdleNetwork(torch.nn.Module):
+    """A network that sleeps ``seconds`` and then costs next to nothing: ``eps(x, t) = 0.1 x``.
 
     Sleeping holds up the caller without using a processor: a network that leaves the CPU
     free while it runs, as one on a GPU does.
     """
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, idle: float = 0.0):
+    def __init__(self, device: torch.device, dtype: torch.dtype, seconds: float):
         super().__init__()
         self.register_buffer("scale", torch.tensor(0.1, device=device, dtype=dtype))
-        self.idle = idle
+        self.seconds = seconds
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if self.idle:
-            time.sleep(self.idle)
+        time.sleep(self.seconds)
         return x * self.scale
 
 
@@ -238,9 +238,14 @@ def _designs(batch: int) -> dict:
     return designs
 
 
+def _synchronizer(device: torch.device):
+    """What waits for the work queued on ``device``: ``torch.cuda.synchronize`` on CUDA, else nothing."""
+    return torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+
 def _seconds(fn, device: torch.device, repeats: int = 3) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls after a warm-up call."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync = _synchronizer(device)
     fn()
     times = []
     for _ in range(repeats):
@@ -359,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{device} {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"malloc {'keeps freed memory' if kept else 'defaults'}"
     )
-    idle = NullNetwork(device, dtype, idle=args.idle_ms / 1e3) if device.type == "cpu" and args.idle_ms else None
+    idle = IdleNetwork(device, dtype, args.idle_ms / 1e3) if device.type == "cpu" and args.idle_ms else None
     _lockstep(args, unet, DDIMScheduler, 5, 1, None)  # warm-up: every loop once
     columns = {"overhead": {}, "one thread": {}, "idle-net": {}}
     header = (
@@ -383,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         evals = args.batch * batches
         for design_name, design in {"plain again": None, **_designs(args.batch)}.items():
-            noise = partial(_draw_noise, sampler, design, args.batch) if design else None
+            noise = partial(_draw_noise, sampler, design, args.batch)
             noise_ms = f"{_seconds(noise, device) / args.batch * 1e3:.2f}" if design else "-"
             cells = []
             for column, turns in runs.items():

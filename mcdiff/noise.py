@@ -136,7 +136,7 @@ def component_id(name: str) -> int:
 
 def key_words(keys: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The 64-bit ``keys`` ``(U,)`` as Philox's two 32-bit key words, int64 tensors on ``device``."""
-    words = torch.from_numpy(np.ascontiguousarray(keys).view(np.int64)).to(device)
+    words = as_words(keys).to(device)
     return words & _MASK, (words >> 32) & _MASK
 
 

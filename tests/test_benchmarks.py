@@ -63,7 +63,7 @@ def test_lockstep_loops_take_turns_one_network_call_each():
 
     def loop(i, count):
         network = lockstep.network(i, torch.nn.Identity())
-        for k in range(count):
+        for _ in range(count):
             calls.append(i)
             network(torch.zeros(1))
 
