@@ -14,11 +14,13 @@ antithetic sampling alone, ``(width_amc / width_D)^2`` (MC-free), estimate ± SE
 
 Models: the bundled digits model (8×8, DDIM 20 steps, as ``mcdiff demo``) and the analytic
 Gaussian model of the README's API example (``mean=0.4, std=0.2``, 8×8, probit output,
-DDIM 20 steps). Writes ``results/efficiency_table.md`` and ``results/efficiency_table.png``
-(relative efficiency per statistic and design on the digits model).
+DDIM 20 steps); ``--models`` also takes the bundled photos model or a model directory (a
+training snapshot). Writes ``results/<table>.md`` and, per learned model,
+``results/<table>_<model>.png`` (relative efficiency per statistic and design).
 
     python benchmarks/efficiency_table.py                    # N = 1024, 8 seeds (3–5 min on 2 shared cores)
     python benchmarks/efficiency_table.py -n 256 --seeds 2   # a quick check
+    python benchmarks/efficiency_table.py --models photos -n 256 --seeds 4 --table efficiency_photos
 """
 
 from __future__ import annotations
@@ -56,13 +58,20 @@ PUBLISHED = """\
 
 
 def model(name: str, steps: int) -> mcdiff.DiffusionSampler:
-    """The bundled digits model or the README's analytic Gaussian model (probit output)."""
-    if name == "digits":
-        return mcdiff.bundled_model("digits", num_inference_steps=steps)
+    """A bundled model, the README's analytic Gaussian model (probit output), or a model directory."""
     if name == "gaussian":
         return mcdiff.GaussianSampler(mean=0.4, std=0.2, image_shape=(1, 8, 8), num_inference_steps=steps,
                                       output="probit")
-    raise ValueError(f"model must be 'digits' or 'gaussian', got {name!r}")
+    return mcdiff.load_model(name, num_inference_steps=steps)
+
+
+def label(name: str) -> str:
+    """The section heading's name of a model of :func:`model`."""
+    return {
+        "digits": "bundled digits model (8×8)",
+        "photos": "bundled photos model (3×32×32, attention U-Net)",
+        "gaussian": "analytic Gaussian model (mean 0.4, std 0.2, 8×8, probit)",
+    }.get(name, f"model `{name}`")
 
 
 def widths(sampler, n_evals: int, seeds: int, batch_size: int) -> np.ndarray:
@@ -144,7 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-n", "--n-evals", type=int, default=1024, help="evaluations per design (16 · 2^m)")
     parser.add_argument("--seeds", type=int, default=8, help="repeats with seeds 0 .. S-1 (default 8)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
-    parser.add_argument("--models", nargs="+", default=["digits", "gaussian"], choices=["digits", "gaussian"])
+    parser.add_argument("--models", nargs="+", default=["digits", "gaussian"],
+                        help="digits, photos, gaussian or model directories (default digits gaussian)")
+    parser.add_argument("--table", default="efficiency_table", help="output file name (default efficiency_table)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
@@ -159,24 +170,21 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         w = widths(model(name, args.steps), args.n_evals, args.seeds, args.batch_size)
         rows, winners, eff = tables(w)
-        label = ("bundled digits model (8×8)" if name == "digits" else
-                 "analytic Gaussian model (mean 0.4, std 0.2, 8×8, probit)")
         settings = (f"{args.n_evals} evaluations per design, seeds 0–{args.seeds - 1}, "
                     f"{time.perf_counter() - t0:.0f} s.")
-        sections += [f"## {label}, DDIM {args.steps} steps", "", settings, "", *rows, "", *winners, ""]
-        if name == "digits":
+        sections += [f"## {label(name)}, DDIM {args.steps} steps", "", settings, "", *rows, "", *winners, ""]
+        if name != "gaussian":
             args.output.mkdir(parents=True, exist_ok=True)
             fig = figure(eff["eff"], eff["eff_se"],
-                         f"bundled digits model, DDIM {args.steps} steps, N = {args.n_evals}, "
-                         f"{args.seeds} seeds (± SE)")
-            fig.savefig(args.output / "efficiency_table.png", dpi=120)
+                         f"{label(name)}, DDIM {args.steps} steps, N = {args.n_evals}, {args.seeds} seeds (± SE)")
+            fig.savefig(args.output / f"{args.table}_{Path(name).name}.png", dpi=120)
             plt.close(fig)
     made = (f"Made by `{command.strip()}` in {time.perf_counter() - start:.0f} s (mcdiff "
             f"{mcdiff_version()}, torch threads {args.threads}).")
     legend = (
         "Cell: CI length × 10³, mean over seeds (relative efficiency `(width_MC / width)²` at equal N: "
         "ratio of mean squared widths over seeds ± jackknife SE over seeds). `pixel mean` and "
-        "`centroid`: CI length averaged over the 64 pixels and the 2 coordinates. `rqmc`: 16 "
+        "`centroid`: CI length averaged over the pixels (64 on digits) and the 2 coordinates. `rqmc`: 16 "
         "scrambled Sobol' replicates (nested Owen scrambling). `best × amc`: "
         "`(width_amc / width_best)²` the same way; its t above 2 means the winner beats antithetic "
         "sampling alone beyond seed noise."
@@ -191,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         *sections, "## Published (arXiv 2506.06185, Table 2)", "", published, "", PUBLISHED, "",
     ])
     args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "efficiency_table.md").write_text(text)
+    (args.output / f"{args.table}.md").write_text(text)
     print(text)
 
 

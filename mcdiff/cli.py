@@ -286,8 +286,9 @@ DEMO_DESIGNS = ("mc", "amc", "rqmc")
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
-        help="the main job on the bundled digits model: MC, antithetic and RQMC CIs at equal evaluations",
+        help="the main job on a bundled model: MC, antithetic and RQMC CIs at equal evaluations",
     )
+    p.add_argument("--model", default="digits", choices=BUNDLED, help="bundled model (default digits)")
     p.add_argument("-n", "--n-evals", type=int, default=512, help="evaluations per design (16 * 2^m)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     p.add_argument("--seed", type=int, default=0)
@@ -310,10 +311,10 @@ def _run_demo(args) -> None:
     torch.set_num_threads(args.threads)
     if args.pairs < 1:
         raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
-    sampler = load_model("digits", args.steps)
+    sampler = load_model(args.model, args.steps)
     result = estimate(sampler, DEMO_STATISTICS, DEMO_DESIGNS, n_evals=args.n_evals, seed=args.seed)
     print(
-        f"bundled digits model, DDIM {args.steps} steps: {args.n_evals} evaluations per design "
+        f"bundled {args.model} model, DDIM {args.steps} steps: {args.n_evals} evaluations per design "
         f"({args.n_evals * sampler.nfe} network evaluations), seed {args.seed}\n"
     )
     print(format_table(result))
@@ -330,7 +331,7 @@ def _add_train(sub) -> None:
 
     p = sub.add_parser("train", help="train a small diffusion model (DDPM objective, EMA, resumable)")
     p.add_argument("--data", default="digits", choices=DATASETS, help="training data set (default digits)")
-    p.add_argument("--size", type=int, default=None, help="image side (default: 8 digits, 16 synthetic)")
+    p.add_argument("--size", type=int, default=None, help="image side (default: 8 digits, 32 photos, 16 synthetic)")
     p.add_argument("--objective", default="epsilon", choices=OBJECTIVES)
     p.add_argument("--offset-weight", type=float, default=0.1, help="w of the offset objectives")
     p.add_argument("--steps", type=int, default=8000)
@@ -338,6 +339,11 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--channels", type=int, nargs="+", default=[32, 64, 64], help="channels per U-Net level")
+    p.add_argument(
+        "--attention-levels", type=int, nargs="*", default=[], help="U-Net levels with self-attention (1: 16x16 of 32x32)"
+    )
+    p.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers per U-Net level")
+    p.add_argument("--snapshots", type=int, nargs="*", default=[], help="steps after which the EMA model is also saved")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest on a shared machine)")
@@ -348,11 +354,14 @@ def _add_train(sub) -> None:
 def _train_command(args) -> str:
     """The canonical ``mcdiff train`` command line that reproduces ``args``."""
     size = [] if args.size is None else ["--size", str(args.size)]
+    attention = ["--attention-levels", *map(str, args.attention_levels)] if args.attention_levels else []
+    layers = ["--layers-per-block", str(args.layers_per_block)] if args.layers_per_block != 1 else []
+    snapshots = ["--snapshots", *map(str, args.snapshots)] if args.snapshots else []
     parts = [
         "mcdiff", "train", "--data", args.data, *size, "--objective", args.objective,
         "--offset-weight", repr(args.offset_weight), "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--ema-decay", repr(args.ema_decay),
-        "--channels", *map(str, args.channels), "--seed", str(args.seed),
+        "--channels", *map(str, args.channels), *attention, *layers, *snapshots, "--seed", str(args.seed),
         "--threads", str(args.threads), "-o", str(args.output),
     ]  # fmt: skip
     return " ".join(parts)
@@ -376,7 +385,10 @@ def _run_train(args) -> None:
         offset_weight=args.offset_weight,
         seed=args.seed,
         block_out_channels=args.channels,
+        attention_levels=args.attention_levels,
+        layers_per_block=args.layers_per_block,
         checkpoint_every=args.checkpoint_every,
+        snapshot_steps=args.snapshots,
         progress=True,
         metadata={"command": _train_command(args), "dataset": args.data},
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 import sys
 import time
 from collections.abc import Sequence
@@ -47,11 +48,20 @@ CHECKPOINT = "checkpoint.pt"
 NUM_TRAIN_TIMESTEPS = 1000
 
 
-def make_unet(image_shape: tuple[int, int, int], block_out_channels: Sequence[int] = (32, 64, 64)) -> UNet2DModel:
-    """A small convolutional ``UNet2DModel`` for images ``(C, H, W)`` with ``H == W``.
+def make_unet(
+    image_shape: tuple[int, int, int],
+    block_out_channels: Sequence[int] = (32, 64, 64),
+    attention_levels: Sequence[int] = (),
+    layers_per_block: int = 1,
+) -> UNet2DModel:
+    """A small ``UNet2DModel`` for images ``(C, H, W)`` with ``H == W``.
 
-    One ResNet layer per level, no attention, group norm of 8 groups; each level but the
-    last halves the resolution, so ``H`` must be divisible by ``2^(levels - 1)``.
+    ``layers_per_block`` ResNet layers per level, self-attention (heads of 32 channels, or
+    of the narrowest attending level's if fewer) at the levels in ``attention_levels`` (level ``i`` works at resolution ``H / 2^i``) and in
+    the middle block, group norm of 8 groups; each level but the last halves the
+    resolution, so ``H`` must be divisible by ``2^(levels - 1)``. The defaults are the
+    digits model's; ``attention_levels=(1,)`` on 32x32 images puts attention at 16x16, as
+    the CIFAR-10 U-Net of Ho et al. (2020) does.
     """
     channels, height, width = image_shape
     levels = len(block_out_channels)
@@ -62,15 +72,23 @@ def make_unet(image_shape: tuple[int, int, int], block_out_channels: Sequence[in
         )
     if any(c % 8 for c in block_out_channels):
         raise ValueError(f"block_out_channels must be multiples of 8, got {tuple(block_out_channels)}")
+    if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < levels for i in attention_levels):
+        raise ValueError(f"attention_levels must be level indices in 0..{levels - 1}, got {tuple(attention_levels)}")
+    if isinstance(layers_per_block, bool) or not isinstance(layers_per_block, (int, np.integer)) or layers_per_block < 1:
+        raise ValueError(f"layers_per_block must be a positive integer, got {layers_per_block!r}")
+    attention = set(int(i) for i in attention_levels)
+    widths = [block_out_channels[i] for i in attention] + [block_out_channels[-1]]
+    extra = {"attention_head_dim": min(32, *widths)} if attention else {}
     return UNet2DModel(
         sample_size=height,
         in_channels=channels,
         out_channels=channels,
         block_out_channels=tuple(block_out_channels),
-        down_block_types=("DownBlock2D",) * levels,
-        up_block_types=("UpBlock2D",) * levels,
-        layers_per_block=1,
+        down_block_types=tuple("AttnDownBlock2D" if i in attention else "DownBlock2D" for i in range(levels)),
+        up_block_types=tuple("AttnUpBlock2D" if i in attention else "UpBlock2D" for i in reversed(range(levels))),
+        layers_per_block=int(layers_per_block),
         norm_num_groups=8,
+        **extra,
     )
 
 
@@ -176,7 +194,10 @@ def train(
     offset_weight: float = 0.1,
     seed: int = 0,
     block_out_channels: Sequence[int] = (32, 64, 64),
+    attention_levels: Sequence[int] = (),
+    layers_per_block: int = 1,
     checkpoint_every: int = 500,
+    snapshot_steps: Sequence[int] = (),
     progress: bool | None = None,
     metadata: dict | None = None,
 ) -> Path:
@@ -187,7 +208,9 @@ def train(
     keeping an exponential moving average of the weights. Every ``checkpoint_every`` steps
     the state (weights, EMA, optimiser, generator, losses) goes to ``output_dir/checkpoint.pt``;
     a later call with the same settings resumes from it, and the checkpoint is removed once
-    the model is saved. All input is checked before the first step.
+    the model is saved. The checkpoint holds tensors and plain values only and is read with
+    ``torch.load(weights_only=True)``, so a planted file cannot run code. All input is
+    checked before the first step.
 
     Parameters
     ----------
@@ -205,10 +228,13 @@ def train(
         ``w`` of the offset objectives (ignored for ``epsilon``).
     seed : int
         Seeds the initial weights and every batch, timestep and noise draw.
-    block_out_channels : sequence of int
-        Channels per U-Net level (see :func:`make_unet`).
+    block_out_channels, attention_levels, layers_per_block
+        The U-Net's shape (see :func:`make_unet`).
     checkpoint_every : int
         Steps between checkpoints.
+    snapshot_steps : sequence of int
+        Steps (below ``steps``) after which the EMA weights are also saved as a loadable
+        model in ``output_dir/snapshots/step-NNNNNN``, to tie figures to a training stage.
     progress : bool, optional
         Show a progress bar; by default only when stderr is a terminal.
     metadata : dict, optional
@@ -227,10 +253,13 @@ def train(
     data = check_training_data(data)
     seed = check_seed(seed)
     _check_settings(objective, steps, batch_size, learning_rate, ema_decay, offset_weight, checkpoint_every)
+    snapshot_steps = sorted({int(k) for k in snapshot_steps})
+    if any(not 1 <= k < steps for k in snapshot_steps):
+        raise ValueError(f"snapshot_steps must lie in 1..{steps - 1} (below steps), got {snapshot_steps}")
     image_shape = tuple(data.shape[1:])
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        unet = make_unet(image_shape, block_out_channels)
+        unet = make_unet(image_shape, block_out_channels, attention_levels, layers_per_block)
     settings = {
         "objective": objective,
         "offset_weight": float(offset_weight) if objective != "epsilon" else 0.0,
@@ -240,6 +269,8 @@ def train(
         "learning_rate": float(learning_rate),
         "ema_decay": float(ema_decay),
         "block_out_channels": [int(c) for c in block_out_channels],
+        "attention_levels": sorted(int(i) for i in attention_levels),
+        "layers_per_block": int(layers_per_block),
         "image_shape": list(image_shape),
         "num_images": len(data),
     }
@@ -274,23 +305,32 @@ def train(
             bar.update()
             if state["step"] % 50 == 0:
                 bar.set_postfix(loss=f"{np.mean(state['losses'][-50:]):.4f}")
+            if state["step"] in snapshot_steps:
+                _save_model(output_dir / "snapshots" / f"step-{state['step']:06d}", ema, scheduler, settings, state, metadata)
             if state["step"] % checkpoint_every == 0 and state["step"] < steps:
                 _save_checkpoint(checkpoint_path, settings, state, unet, ema, optimizer, generator)
 
-    ema.save_pretrained(output_dir / "unet")
-    scheduler.save_pretrained(output_dir / "scheduler")
+    _save_model(output_dir, ema, scheduler, settings, state, metadata)
+    checkpoint_path.unlink(missing_ok=True)
+    return output_dir
+
+
+def _save_model(path: Path, ema, scheduler, settings: dict, state: dict, metadata: dict | None) -> None:
+    """``path/unet``, ``path/scheduler`` and ``path/training.json`` (settings, losses, timing)."""
+    ema.save_pretrained(path / "unet")
+    scheduler.save_pretrained(path / "scheduler")
     record = {
         **(metadata or {}),
         **settings,
+        "trained_steps": state["step"],
         "final_loss": float(np.mean(state["losses"][-100:])),
+        "loss_per_100_steps": [round(float(np.mean(state["losses"][i : i + 100])), 5) for i in range(0, state["step"], 100)],
         "train_seconds": round(state["seconds"], 1),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "diffusers_version": diffusers.__version__,
     }
-    (output_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    checkpoint_path.unlink(missing_ok=True)
-    return output_dir
+    (path / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def _save_checkpoint(path, settings, state, unet, ema, optimizer, generator) -> None:
@@ -310,7 +350,13 @@ def _save_checkpoint(path, settings, state, unet, ema, optimizer, generator) -> 
 
 
 def _load_checkpoint(path, settings, unet, ema, optimizer, generator) -> dict:
-    saved = torch.load(path, weights_only=False)
+    try:
+        saved = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is damaged or holds more than tensors and plain values (not "
+            f"written by mcdiff), so it is not loaded ({type(err).__name__}); delete it to start afresh"
+        ) from None
     if saved["settings"] != {**settings, "steps": saved["settings"]["steps"]}:
         changed = sorted(k for k in settings if k != "steps" and saved["settings"].get(k) != settings[k])
         raise ValueError(

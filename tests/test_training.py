@@ -71,7 +71,7 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch,
     monkeypatch.setattr(training, "_train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         training.train(data, tmp_path / "resumed", steps=5, seed=1, **TINY)
-    assert torch.load(tmp_path / "resumed" / training.CHECKPOINT, weights_only=False)["state"]["step"] == 2
+    assert torch.load(tmp_path / "resumed" / training.CHECKPOINT, weights_only=True)["state"]["step"] == 2
     monkeypatch.setattr(training, "_train_step", real_step)
     resumed = training.train(data, tmp_path / "resumed", steps=5, seed=1, **TINY)
 
@@ -139,3 +139,62 @@ def test_bad_offset_weight():
         ProbabilisticOffsetSampler(
             lambda x, t: x, DDIMScheduler(), offset_weight=-1, image_shape=(1, 4, 4)
         )
+
+
+class _Planted:
+    """Unpickling this object runs code: it writes a file (what a planted checkpoint could do)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_planted_checkpoint_cannot_run_code(tmp_path, data):
+    target = tmp_path / "ran"
+    planted = {"settings": {}, "payload": _Planted(str(target))}
+    torch.save(planted, tmp_path / training.CHECKPOINT)
+    with pytest.raises(ValueError, match="holds more than tensors and plain values .* not loaded"):
+        training.train(data, tmp_path, steps=2, **TINY)
+    assert not target.exists()
+    # the same file, loaded the unsafe way, does run code: the test plants a real exploit
+    torch.load(tmp_path / training.CHECKPOINT, weights_only=False)
+    assert target.exists()
+
+
+def test_damaged_checkpoint_is_refused_by_name(tmp_path, data):
+    (tmp_path / training.CHECKPOINT).write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint .* is damaged or .* not loaded"):
+        training.train(data, tmp_path, steps=2, **TINY)
+
+
+def test_attention_unet_and_snapshots_load_as_models(tmp_path):
+    images = torch.rand(16, 3, 8, 8) * 2 - 1
+    path = training.train(images, tmp_path, steps=4, snapshot_steps=[1, 2], attention_levels=[1],
+                          block_out_channels=(8, 16), batch_size=4, progress=False)
+    config = json.loads((path / "unet" / "config.json").read_text())
+    assert config["down_block_types"] == ["DownBlock2D", "AttnDownBlock2D"]
+    assert config["up_block_types"] == ["AttnUpBlock2D", "UpBlock2D"]
+    record = json.loads((path / "training.json").read_text())
+    assert record["attention_levels"] == [1] and record["trained_steps"] == 4
+    assert len(record["loss_per_100_steps"]) == 1
+    for step in (1, 2):
+        snapshot = path / "snapshots" / f"step-{step:06d}"
+        assert json.loads((snapshot / "training.json").read_text())["trained_steps"] == step
+        assert load_model(snapshot, num_inference_steps=2).image_shape == (3, 8, 8)
+    first, final = _weights(path / "snapshots" / "step-000001"), _weights(path)
+    assert not all(torch.equal(first[k], final[k]) for k in final)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(snapshot_steps=[4]), "snapshot_steps must lie in 1..3"),
+        (dict(attention_levels=[2]), "attention_levels must be level indices in 0..1"),
+        (dict(layers_per_block=0), "layers_per_block must be a positive integer"),
+    ],
+)
+def test_bad_shape_and_snapshot_settings(tmp_path, data, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        training.train(data, tmp_path, steps=4, **{**TINY, **kwargs})
