@@ -36,6 +36,7 @@ as fresh values are (:func:`~mcdiff.functionals.check_finite`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -169,16 +170,10 @@ class ResultStore:
             except OSError as err:
                 raise store._write_error("creating its directory", err) from None
             store.lock()
-            try:
+            with store._writing("writing fingerprint.json"):
                 if marker.exists():  # another writer created it between our check and our lock
                     raise StoreError(f"store {str(path)!r} was created by another run meanwhile; run again")
                 _write_atomic(marker, json.dumps(fingerprint, indent=1, sort_keys=True).encode())
-            except OSError as err:
-                store.close()
-                raise store._write_error("writing fingerprint.json", err) from None
-            except BaseException:
-                store.close()
-                raise
         for design in fingerprint.get("designs", {}):
             store._scan(design)
         return store
@@ -198,11 +193,9 @@ class ResultStore:
         """
         if self._lock.held:
             return
-        try:
+        with self._writing("taking the writer lock (the store misses evaluations)"):
             self._lock.acquire()
-        except OSError as err:
-            raise self._write_error("taking the writer lock (the store misses evaluations)", err) from None
-        try:
+        with self._writing("a probe write into its block directories"):
             folders = [self.path / "blocks" / design for design in self.fingerprint["designs"]]
             for folder in folders:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -213,9 +206,15 @@ class ResultStore:
                 self.path.glob(".fingerprint.json.*.tmp"), *(f.glob(".*.tmp") for f in folders)
             ):
                 leftover.unlink(missing_ok=True)  # left by a killed writer: this one holds the lock
+
+    @contextlib.contextmanager
+    def _writing(self, doing: str):
+        """Release the writer lock if the block fails; an ``OSError`` becomes one line (:meth:`_write_error`)."""
+        try:
+            yield
         except OSError as err:
             self.close()
-            raise self._write_error("a probe write into its block directories", err) from None
+            raise self._write_error(doing, err) from None
         except BaseException:
             self.close()
             raise
