@@ -151,7 +151,10 @@ def estimate(
     results = ResultStore.open(store, _fingerprint(info, seed, layouts, stats)) if store is not None else None
 
     n, rounds, reached_at = n_evals, 0, {}
-    with results or contextlib.nullcontext(), tqdm(total=0, disable=not progress, unit="eval", desc="mcdiff") as bar:
+    with (
+        results or contextlib.nullcontext(),
+        tqdm(total=0, disable=not progress, unit="eval", desc="mcdiff") as bar,
+    ):
         chunks = {d.name: results.read(d.name) if results else [] for d in layouts}
         while True:
             rounds += 1

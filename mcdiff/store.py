@@ -406,7 +406,9 @@ def _load_block(file: Path) -> dict[str, np.ndarray]:
         reason = str(err)
     except ValueError as err:  # numpy's advice to load it with pickle does not apply to a block
         reason = "it holds Python objects, which no block does" if "pickle" in str(err) else str(err)
-    raise ValueError(f"block file {str(file)!r} is damaged or not a block file ({reason}); delete it to recompute it")
+    raise ValueError(
+        f"block file {str(file)!r} is damaged or not a block file ({reason}); delete it to recompute it"
+    )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

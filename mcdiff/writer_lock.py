@@ -78,7 +78,9 @@ def holder_is_dead(record: dict) -> bool:
     if not isinstance(pid, int) or pid <= 0 or not _alive(pid):
         return True
     started = process_start(pid)
-    return record.get("process_start") is not None and started is not None and started != record["process_start"]
+    return (
+        record.get("process_start") is not None and started is not None and started != record["process_start"]
+    )
 
 
 class WriterLock:
@@ -173,7 +175,9 @@ class WriterLock:
             age = time.time() - self.path.stat().st_mtime
             if age > UNREADABLE_GRACE_S:
                 return
-            raise WriterLockedError(f"{self.what} has a lock file being written ({str(self.path)!r}); run again in a moment")
+            raise WriterLockedError(
+                f"{self.what} has a lock file being written ({str(self.path)!r}); run again in a moment"
+            )
         holder = f"pid {record.get('pid')} on host {record.get('host')!r}, since {record.get('since')}"
         if record.get("host") != self.record["host"]:
             raise WriterLockedError(
@@ -207,4 +211,3 @@ class WriterLock:
             os.close(fd)
             with contextlib.suppress(OSError):
                 guard.unlink()
-

@@ -79,7 +79,10 @@ def test_the_weight_hash_follows_in_place_changes_and_is_cached():
 def test_analytic_models_are_identified_by_their_full_mean_map(tmp_path):
     flat = mcdiff.GaussianSampler(mean=0.5, std=0.25, image_shape=(1, 4, 4), num_inference_steps=4)
     ramp = mcdiff.GaussianSampler(
-        mean=np.linspace(0.3, 0.7, 16).reshape(1, 4, 4), std=0.25, image_shape=(1, 4, 4), num_inference_steps=4
+        mean=np.linspace(0.3, 0.7, 16).reshape(1, 4, 4),
+        std=0.25,
+        image_shape=(1, 4, 4),
+        num_inference_steps=4,
     )
     assert flat.describe()["data_mean_avg"] == pytest.approx(ramp.describe()["data_mean_avg"])
     _run(flat, tmp_path / "s")
@@ -89,7 +92,9 @@ def test_analytic_models_are_identified_by_their_full_mean_map(tmp_path):
 
 def test_function_samplers_are_identified_by_what_their_callable_closes_over():
     def sampler_with(scale):
-        return mcdiff.FunctionSampler(lambda noise: torch.sigmoid(scale * noise["x_T"]), {"x_T": (1, 4, 4)}, (1, 4, 4))
+        return mcdiff.FunctionSampler(
+            lambda noise: torch.sigmoid(scale * noise["x_T"]), {"x_T": (1, 4, 4)}, (1, 4, 4)
+        )
 
     assert sampler_with(1.0).weights_sha256() == sampler_with(1.0).weights_sha256()
     assert sampler_with(1.0).weights_sha256() != sampler_with(2.0).weights_sha256()
@@ -111,7 +116,9 @@ def test_a_statistic_of_the_same_name_that_computes_something_else_is_refused(tm
     sampler = CountingSampler()
     _run(sampler, tmp_path / "s", statistics=[_statistic("mean")])
     assert sampler.evaluated == 0
-    with pytest.raises(ValueError, match=r"statistic 's' computes something else: stored .*<lambda> with probe values"):
+    with pytest.raises(
+        ValueError, match=r"statistic 's' computes something else: stored .*<lambda> with probe values"
+    ):
         _run(CountingSampler(), tmp_path / "s", statistics=[_statistic("max")])
 
 
@@ -157,7 +164,9 @@ def test_a_second_writer_is_refused_at_once_and_the_first_finishes_unharmed(tmp_
     with pytest.raises(WriterLockedError) as err:
         _run(second, store)
     message = _one_line(err)
-    assert f"pid {first.pid} on host {socket.gethostname()!r}" in message and "one writer at a time" in message
+    assert (
+        f"pid {first.pid} on host {socket.gethostname()!r}" in message and "one writer at a time" in message
+    )
     assert second.evaluated == 0 and in_flight.read_bytes() == b"partial"
 
     (tmp_path / "go").touch()
@@ -183,7 +192,13 @@ def test_a_lock_left_by_a_sigkilled_writer_does_not_block_the_resume(tmp_path, u
 def _plant_lock(store, **record):
     store.mkdir(parents=True, exist_ok=True)
     host = socket.gethostname()
-    base = {"pid": os.getpid(), "host": host, "process_start": process_start(os.getpid()), "since": "then", "token": "x"}
+    base = {
+        "pid": os.getpid(),
+        "host": host,
+        "process_start": process_start(os.getpid()),
+        "since": "then",
+        "token": "x",
+    }
     (store / LOCK).write_text(json.dumps({**base, **record}))
 
 
@@ -198,7 +213,10 @@ def test_a_lock_whose_pid_now_names_another_process_is_taken_over(tmp_path, unin
     "record, match",
     [
         ({"pid": 1, "process_start": process_start(1)}, r"being written by another run \(pid 1 on host"),
-        ({"host": "elsewhere.example"}, r"on another host \(pid \d+ on host 'elsewhere.example'.*delete '.*writer.lock'"),
+        (
+            {"host": "elsewhere.example"},
+            r"on another host \(pid \d+ on host 'elsewhere.example'.*delete '.*writer.lock'",
+        ),
     ],
 )
 def test_a_live_or_unknowable_lock_is_refused_before_any_evaluation(tmp_path, record, match):
@@ -247,8 +265,11 @@ def test_a_stored_block_with_nan_is_refused_by_name(complete):
     content["stat_centroid"][3, 1] = np.nan
     with open(block, "wb") as f:
         np.savez(f, **content)
-    with pytest.raises(ValueError, match=r"block file '.*32-64.npz' is damaged: statistic 'centroid' is not finite "
-                                         r"\(NaN or inf\) at evaluations \[35\]") as err:
+    with pytest.raises(
+        ValueError,
+        match=r"block file '.*32-64.npz' is damaged: statistic 'centroid' is not finite "
+        r"\(NaN or inf\) at evaluations \[35\]",
+    ) as err:
         _run(CountingSampler(), complete)
     _one_line(err)
 
@@ -277,8 +298,11 @@ def test_a_block_of_random_bytes_is_named_without_advice_to_unpickle(complete):
 def test_a_store_of_the_older_format_is_refused_saying_so(complete):
     fingerprint = json.loads((complete / "fingerprint.json").read_text())
     (complete / "fingerprint.json").write_text(json.dumps({**fingerprint, "format": "mcdiff-store/1"}))
-    with pytest.raises(ValueError, match="has format 'mcdiff-store/1', this mcdiff reads 'mcdiff-store/2': it was "
-                                         "written by an older mcdiff"):
+    with pytest.raises(
+        ValueError,
+        match="has format 'mcdiff-store/1', this mcdiff reads 'mcdiff-store/2': it was "
+        "written by an older mcdiff",
+    ):
         _run(CountingSampler(), complete)
 
 
@@ -288,8 +312,9 @@ def test_a_store_of_the_older_format_is_refused_saying_so(complete):
 @contextlib.contextmanager
 def _tmpfs(folder: Path, size: str):
     folder.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, check=False
+    )
     if done.returncode:
         pytest.skip(f"mounting a tmpfs is not permitted here ({done.stderr.decode().strip()})")
     try:
@@ -319,7 +344,9 @@ def test_a_store_that_needs_writing_and_cannot_be_is_refused_before_any_evaluati
         (mount / "s" / "blocks" / "mc" / "64-96.npz").unlink()
         _remount(mount, "ro")
         sampler = CountingSampler()
-        with pytest.raises(StoreError, match=r"store '.*/s' cannot be written: taking the writer lock .*Read-only") as err:
+        with pytest.raises(
+            StoreError, match=r"store '.*/s' cannot be written: taking the writer lock .*Read-only"
+        ) as err:
             _run(sampler, mount / "s")
         _one_line(err)
         assert sampler.evaluated == 0
@@ -330,8 +357,11 @@ def test_a_full_disk_is_one_line_with_the_free_space_and_the_store_resumes(tmp_p
     big = dict(mean=0.5, std=0.25, image_shape=(1, 16, 16), num_inference_steps=2)  # 2 KiB per evaluation
     reference = mcdiff.estimate(mcdiff.GaussianSampler(**big), **run)
     with _tmpfs(tmp_path / "small", "160k") as mount:
-        with pytest.raises(StoreError, match=r"store '.*/s' is full: writing block \[\d+, \d+\) of design 'mc' "
-                                             r"failed \(No space left on device; \d+\.\d+ MiB free of") as err:
+        with pytest.raises(
+            StoreError,
+            match=r"store '.*/s' is full: writing block \[\d+, \d+\) of design 'mc' "
+            r"failed \(No space left on device; \d+\.\d+ MiB free of",
+        ) as err:
             mcdiff.estimate(mcdiff.GaussianSampler(**big), store=mount / "s", **run)
         _one_line(err)
         assert err.value.__cause__ is None and err.value.__suppress_context__

@@ -53,7 +53,11 @@ class Sampler(ABC):
         ``weights_sha256`` is :meth:`weights_sha256`: a store resumed with another model of
         the same configuration is refused by it, and a result names the model it came from.
         """
-        return {"model": type(self).__name__, "nfe_per_sample": self.nfe, "weights_sha256": self.weights_sha256()}
+        return {
+            "model": type(self).__name__,
+            "nfe_per_sample": self.nfe,
+            "weights_sha256": self.weights_sha256(),
+        }
 
     def identity(self) -> object:
         """What the sampler computes with, the content :meth:`weights_sha256` hashes.

@@ -31,7 +31,9 @@ _Atom = bytes | torch.Tensor | np.ndarray
 
 
 def _qualname(obj) -> bytes:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}".encode()
+    return (
+        f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}".encode()
+    )
 
 
 def _atoms(obj, depth: int, seen: set[int]) -> Iterator[_Atom]:
@@ -90,7 +92,7 @@ def _atoms(obj, depth: int, seen: set[int]) -> Iterator[_Atom]:
         yield b"ref:" + _qualname(obj)
         return
     yield b"object:" + _qualname(type(obj))
-    call = getattr(type(obj), "__call__", None)
+    call = next((vars(k)["__call__"] for k in type(obj).__mro__ if "__call__" in vars(k)), None)
     if isinstance(call, types.FunctionType):
         yield from _function_atoms(call, depth + 1, seen)
     if hasattr(obj, "__dict__"):
@@ -107,18 +109,17 @@ def _function_atoms(fn: types.FunctionType, depth: int, seen: set[int]) -> Itera
     yield b"function:" + _qualname(fn)
     yield from _code_atoms(fn.__code__, depth, seen)
     yield from _atoms((fn.__defaults__, fn.__kwdefaults__), depth + 1, seen)
-    cells = tuple(cell.cell_contents for cell in fn.__closure__ or () if _has_contents(cell))
+    cells = tuple(_cell_contents(cell) for cell in fn.__closure__ or ())
     yield from _atoms(cells, depth + 1, seen)
     named = {name: fn.__globals__[name] for name in _global_names(fn.__code__) if name in fn.__globals__}
     yield from _atoms(named, depth + 1, seen)
 
 
-def _has_contents(cell) -> bool:
+def _cell_contents(cell):
     try:
-        cell.cell_contents
+        return cell.cell_contents
     except ValueError:  # an empty cell
-        return False
-    return True
+        return "<empty cell>"
 
 
 def _global_names(code: types.CodeType) -> list[str]:
