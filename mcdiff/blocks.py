@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mcdiff.designs import Design
-from mcdiff.functionals import Statistic
+from mcdiff.functionals import Statistic, check_finite
 from mcdiff.samplers.base import Sampler
 
 
@@ -88,13 +88,7 @@ def evaluate_design(
             _check_images(images, hi - lo, sampler)
             for stat in statistics:
                 batch = stat(images)
-                bad = ~np.isfinite(batch.reshape(len(batch), -1)).all(axis=1)
-                if bad.any():
-                    addresses = (np.flatnonzero(bad) + lo).tolist()
-                    raise ValueError(
-                        f"statistic {stat.name!r} is not finite (NaN or inf) at evaluations "
-                        f"{addresses[:10]}{' ...' if len(addresses) > 10 else ''} of design {design.name!r}"
-                    )
+                check_finite(stat.name, batch, lo, design.name)
                 if stat.name not in values:
                     values[stat.name] = np.empty((last - first, *batch.shape[1:]))
                 elif batch.shape[1:] != values[stat.name].shape[1:]:

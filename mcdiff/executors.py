@@ -31,14 +31,16 @@ Model = Sampler | Callable[[], Sampler]
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the runner needs to know of a model without holding it: settings and noise shapes."""
+    """What the runner needs to know of a model without holding it: settings, noise and image shapes."""
 
     settings: dict
     noise_spec: dict
+    image_shape: tuple[int, ...] = ()
 
 
 def _info(sampler: Sampler) -> ModelInfo:
-    return ModelInfo(dict(sampler.describe()), {k: tuple(v) for k, v in sampler.noise_spec.items()})
+    spec = {k: tuple(v) for k, v in sampler.noise_spec.items()}
+    return ModelInfo(dict(sampler.describe()), spec, tuple(sampler.image_shape))
 
 
 def _evaluate(sampler: Sampler, statistics: Sequence[Statistic], seed: int, batch_size: int, block: Block):

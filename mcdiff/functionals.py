@@ -113,6 +113,82 @@ at ``(i + 0.5) / H`` so coordinates lie in [0, 1]."""
 
 BUILTIN = {s.name: s for s in (brightness, pixel_mean, contrast, centroid)}
 
+PROBE_SEED = 26
+"""Seed of the probe images and projections of :func:`statistic_identity`."""
+
+PROBE_RTOL = 1e-5
+"""Probe values agree when they differ by at most this fraction of the largest of them."""
+
+
+def probe_images(image_shape: Sequence[int], count: int = 8) -> torch.Tensor:
+    """Fixed images ``(count, C, H, W)`` in [0, 1], float32, of brightness from about 0.1 to 0.9.
+
+    Image ``k`` is ``U^{gamma_k}`` for pixels ``U ~ Uniform(0, 1)`` from a generator seeded with
+    :data:`PROBE_SEED`, ``gamma_k`` log-spaced in ``[1/9, 9]`` (``E[U^gamma] = 1 / (1 + gamma)``),
+    so statistics that threshold or saturate see different images take different sides.
+    """
+    rng = np.random.default_rng(PROBE_SEED)
+    gammas = np.logspace(np.log10(9), -np.log10(9), count).reshape(count, 1, 1, 1)
+    return torch.from_numpy((rng.random((count, *image_shape)) ** gammas).astype(np.float32))
+
+
+def statistic_identity(statistic: Statistic, image_shape: Sequence[int]) -> dict:
+    """What identifies a statistic: its function's qualified name and what it computes on a probe.
+
+    The statistic is evaluated on :func:`probe_images` of the model's ``image_shape``; its values
+    ``v (8, *own_shape)`` are flattened per image and projected on two directions ``w (D, 2)``
+    drawn with :data:`PROBE_SEED`, ``w ~ N(0, 1 / D)``: the probe is ``v w``, 16 numbers whatever
+    the statistic's size. Two identities agree when their probes do within :data:`PROBE_RTOL`
+    of the largest probe value (:func:`same_probe`), which absorbs rounding that differs with
+    threads or processors. Statistics that agree on the probe images (or differ only on a
+    part of the image that both projections weigh little) are not told apart.
+
+    Returns
+    -------
+    dict
+        ``{"function": "module.qualname", "probe": [16 floats]}``; ``probe`` is a string
+        naming the error when the statistic cannot run on the probe (then the name alone counts).
+    """
+    fn = statistic.fn
+    function = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+    try:
+        values = statistic(probe_images(image_shape))
+    except Exception as err:  # noqa: BLE001 - any failure is recorded, the run itself reports it
+        return {"function": function, "probe": f"fails on the probe images: {type(err).__name__}"}
+    flat = values.reshape(len(values), -1)
+    directions = np.random.default_rng(PROBE_SEED).standard_normal((flat.shape[1], 2)) / np.sqrt(flat.shape[1])
+    with np.errstate(all="ignore"):
+        probe = flat @ directions
+    return {"function": function, "probe": [float(v) for v in probe.ravel()]}
+
+
+def same_probe(stored, requested) -> bool:
+    """Whether two probes of :func:`statistic_identity` agree (within :data:`PROBE_RTOL`; NaN equals NaN)."""
+    if isinstance(stored, str) or isinstance(requested, str):
+        return stored == requested
+    a, b = np.asarray(stored, dtype=np.float64), np.asarray(requested, dtype=np.float64)
+    if a.shape != b.shape:
+        return False
+    finite_a, finite_b = np.isfinite(a), np.isfinite(b)
+    if not (np.array_equal(finite_a, finite_b) and np.array_equal(a[~finite_a], b[~finite_b], equal_nan=True)):
+        return False
+    scale = np.abs(np.concatenate([a[finite_a], b[finite_b]])).max(initial=0)
+    return bool(np.all(np.abs(a[finite_a] - b[finite_b]) <= PROBE_RTOL * scale))
+
+
+def check_finite(statistic: str, values: np.ndarray, start: int, design: str) -> None:
+    """Raise ``ValueError`` naming the evaluations where ``values`` ``(B, *own_shape)`` hold NaN or inf.
+
+    ``values[i]`` is the value of evaluation ``start + i`` of ``design``.
+    """
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        addresses = (np.flatnonzero(bad) + start).tolist()
+        raise ValueError(
+            f"statistic {statistic!r} is not finite (NaN or inf) at evaluations "
+            f"{addresses[:10]}{' ...' if len(addresses) > 10 else ''} of design {design!r}"
+        )
+
 
 def get_statistic(statistic: str | Statistic | Callable) -> Statistic:
     """Resolve a built-in name, a :class:`Statistic`, or a callable into a :class:`Statistic`."""

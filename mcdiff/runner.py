@@ -17,6 +17,7 @@ RQMC designs keep their points per replicate and add replicates
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import warnings
@@ -31,7 +32,7 @@ from mcdiff.blocks import Block
 from mcdiff.designs import Design, check_seed, get_design
 from mcdiff.estimators import check_confidence, summarize
 from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo
-from mcdiff.functionals import Statistic, get_statistic
+from mcdiff.functionals import Statistic, get_statistic, statistic_identity
 from mcdiff.noise import GENERATOR
 from mcdiff.results import build_result, mcdiff_version
 from mcdiff.store import ResultStore
@@ -148,15 +149,20 @@ def estimate(
     info = executor.describe(sampler)
     layouts = [d.extendable(n_evals) for d in resolved]
     results = ResultStore.open(store, _fingerprint(info, seed, layouts, stats)) if store is not None else None
-    chunks = {d.name: results.read(d.name) if results else [] for d in layouts}
 
     n, rounds, reached_at = n_evals, 0, {}
-    with tqdm(total=0, disable=not progress, unit="eval", desc="mcdiff") as bar:
+    with (
+        results or contextlib.nullcontext(),
+        tqdm(total=0, disable=not progress, unit="eval", desc="mcdiff") as bar,
+    ):
+        chunks = {d.name: results.read(d.name) if results else [] for d in layouts}
         while True:
             rounds += 1
             blocks = [
                 b for d in layouts for b in _missing_blocks(d, n, chunks[d.name], batch_size, block_size)
             ]
+            if blocks and results is not None:
+                results.lock()  # one writer, and a store that cannot be written refused, before any evaluation
             bar.total += sum(b.stop - b.start for b in blocks)
             bar.refresh()
             for block, values in executor.evaluate(sampler, stats, seed, batch_size, blocks):
@@ -238,6 +244,8 @@ def _meets_target(
 def _fingerprint(info: ModelInfo, seed: int, layouts: Sequence[Design], stats: Sequence[Statistic]) -> dict:
     """What determines every stored value: model, seed, address layout, statistics, noise, version.
 
+    The model is its settings with its ``weights_sha256``; each statistic is its name and its
+    :func:`~mcdiff.functionals.statistic_identity` on probe images of the model's image shape.
     A store made by another noise generator (mcdiff < 0.2 drew all noise with numpy on the
     CPU) differs in ``noise_generator`` and ``mcdiff_version``, and is refused by name.
     """
@@ -246,6 +254,7 @@ def _fingerprint(info: ModelInfo, seed: int, layouts: Sequence[Design], stats: S
         "seed": seed,
         "designs": {d.name: repr(d) for d in layouts},
         "statistics": [s.name for s in stats],
+        "statistic_identity": {s.name: statistic_identity(s, info.image_shape) for s in stats},
         "noise_spec": info.noise_spec,
         "noise_generator": GENERATOR,
         "mcdiff_version": mcdiff_version(),

@@ -8,49 +8,107 @@ uninterrupted one.
 Layout (one directory, one writer at a time)::
 
     PATH/fingerprint.json                       what produced the values (see below)
+    PATH/writer.lock                            the writer's pid, host and start, while one runs
     PATH/blocks/<design>/<start>-<stop>.npz     values of evaluations start .. stop - 1
 
 A block file holds one array ``(stop - start, *own_shape)`` per statistic, its ``start`` and
 ``stop`` and the fingerprint's digest. It is written to a hidden temporary file, flushed to
 disk and then renamed into place (``os.replace`` is atomic on POSIX), so a process killed at
-any moment leaves either the whole block or no block; leftover temporary files are removed
-when the store is opened. Blocks never split a group (pair or replicate).
+any moment leaves either the whole block or no block. Blocks never split a group (pair or
+replicate).
 
-The fingerprint records the model (``Sampler.describe()``), the seed, every design in its
-extendable form (its ``repr`` fixes the address layout, e.g. Sobol' points per replicate),
-the statistic names, the noise spec and the mcdiff version. Opening a store with another
-fingerprint raises ``ValueError`` naming what differs; a directory that is not a store, a
-damaged fingerprint and a damaged or foreign block file raise ``ValueError`` too.
+Reading needs no write access and takes no lock. Writing (a new store, or a block) first takes
+the writer lock (:mod:`mcdiff.writer_lock`): a second writer is refused naming the holder, a
+lock left by a killed writer on this host is taken over. Only the lock's holder deletes the
+temporary files a killed writer left, after a probe write showed every directory writable, so
+a store that cannot be written is refused before any evaluation. A full disk is reported in
+one line with the free space; the blocks written until then stay valid.
+
+The fingerprint records the model (``Sampler.describe()``, including its ``weights_sha256``),
+the seed, every design in its extendable form (its ``repr`` fixes the address layout, e.g.
+Sobol' points per replicate), the statistic names and identities (their function and values on
+probe images, :func:`~mcdiff.functionals.statistic_identity`), the noise spec and the mcdiff
+version. Opening a store with another fingerprint raises ``ValueError`` naming what differs; a
+directory that is not a store, a damaged or missing fingerprint, overlapping block files and a
+damaged, foreign or non-finite block file raise ``ValueError`` too. Stored blocks are checked
+as fresh values are (:func:`~mcdiff.functionals.check_finite`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import itertools
 import json
 import os
 import re
+import shutil
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-FORMAT = "mcdiff-store/1"
-"""Format tag written into every fingerprint."""
+from mcdiff.functionals import check_finite, same_probe
+from mcdiff.writer_lock import WriterLock
+
+FORMAT = "mcdiff-store/2"
+"""Format tag written into every fingerprint (``/2``: model weight hash and statistic identities)."""
+
+LOCK = "writer.lock"
+"""Name of the writer lock file in a store directory."""
 
 _BLOCK = re.compile(r"(\d+)-(\d+)\.npz")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+_NPZ_MAGIC = b"PK\x03\x04"
+
+
+class StoreError(ValueError):
+    """A store that cannot be opened, locked or written; the message is one line naming the store."""
 
 
 def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _differences(stored: Mapping, requested: Mapping, prefix: str = "") -> list[str]:
+    """``"key: stored X, requested Y"`` for each differing entry, nested keys as ``model.weights_sha256``."""
+    out = []
+    for key in sorted(set(stored) | set(requested)):
+        a, b = stored.get(key), requested.get(key)
+        if key == "statistic_identity" and isinstance(a, dict) and isinstance(b, dict):
+            out += _statistic_differences(a, b)
+        elif isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif _canonical(a) != _canonical(b):
+            out.append(f"{prefix}{key}: stored {_canonical(a)}, requested {_canonical(b)}")
+    return out
+
+
+def _statistic_differences(stored: Mapping, requested: Mapping) -> list[str]:
+    """Statistics of one name whose function or probe values differ (names alone differ under ``statistics``)."""
+    out = []
+    for name in sorted(set(stored) & set(requested)):
+        a, b = stored[name], requested[name]
+        if a.get("function") == b.get("function") and same_probe(a.get("probe"), b.get("probe")):
+            continue
+        out.append(
+            f"statistic {name!r} computes something else: stored {a.get('function')} with probe values "
+            f"{_short(a.get('probe'))}, requested {b.get('function')} with {_short(b.get('probe'))}"
+        )
+    return out
+
+
+def _short(probe) -> str:
+    return probe if isinstance(probe, str) else "[" + ", ".join(f"{v:.6g}" for v in probe[:4]) + ", ...]"
+
+
 class ResultStore:
     """An open store: which addresses are done, appending blocks, reading them back.
 
-    Use :meth:`open`; the constructor does no checks.
+    Use :meth:`open`, best as a context manager (``with ResultStore.open(...) as store:``),
+    which releases the writer lock however the block ends; the constructor does no checks.
 
     Parameters
     ----------
@@ -65,17 +123,34 @@ class ResultStore:
         self.fingerprint = fingerprint
         self.digest = hashlib.sha256(_canonical(fingerprint).encode()).hexdigest()
         self._index: dict[str, dict[int, int]] = {}
+        self._lock = WriterLock(path / LOCK, f"store {str(path)!r}")
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the writer lock, if this store holds it; reading stays possible."""
+        self._lock.release()
 
     @classmethod
     def open(cls, path: str | Path, fingerprint: Mapping) -> ResultStore:
         """Create the store at ``path``, or open it if its fingerprint equals ``fingerprint``.
 
+        Opening an existing store writes nothing; creating one takes the writer lock (see
+        :meth:`lock`), which :meth:`close` releases.
+
         Raises
         ------
         ValueError
             When ``path`` is a file, a non-empty directory that is not an mcdiff store, a store
-            with an unreadable fingerprint, or a store of another model, seed, design,
-            statistic set, noise spec or mcdiff version (the message names each difference).
+            whose fingerprint is missing (with blocks) or unreadable, a store of an older
+            format, or a store of another model, seed, design, statistic (name, function or
+            values on the probe images), noise spec or mcdiff version (the message names each
+            difference). :class:`StoreError` when a new store cannot be created or another
+            writer is creating it.
         """
         path = Path(path)
         fingerprint = json.loads(_canonical({"format": FORMAT, **fingerprint}))
@@ -85,40 +160,78 @@ class ResultStore:
         if path.exists() and not path.is_dir():
             raise ValueError(f"store path {str(path)!r} is a file, not a store directory")
         marker = path / "fingerprint.json"
-        if not marker.exists():
-            if path.exists() and any(not entry.name.startswith(".") for entry in path.iterdir()):
-                raise ValueError(
-                    f"{str(path)!r} is not an mcdiff store (no fingerprint.json) and is not empty; "
-                    "refusing to write into it: give a new or empty directory"
-                )
-            path.mkdir(parents=True, exist_ok=True)
-            _write_atomic(marker, json.dumps(fingerprint, indent=1, sort_keys=True).encode())
+        if marker.exists():
+            store = cls(path, _check_fingerprint(path, marker, fingerprint))
         else:
+            _check_new(path)
+            store = cls(path, fingerprint)
             try:
-                stored = json.loads(marker.read_text())
-                if not isinstance(stored, dict) or stored.get("format") != FORMAT:
-                    raise ValueError(
-                        f"format is {stored.get('format') if isinstance(stored, dict) else stored!r}"
-                    )
-            except (ValueError, UnicodeDecodeError) as err:
-                raise ValueError(
-                    f"{str(marker)!r} is not an {FORMAT} fingerprint ({err}): the store is damaged or "
-                    "foreign; give another path"
-                ) from None
-            differences = [
-                f"{key}: stored {_canonical(stored.get(key))}, requested {_canonical(fingerprint.get(key))}"
-                for key in sorted(set(stored) | set(fingerprint))
-                if _canonical(stored.get(key)) != _canonical(fingerprint.get(key))
-            ]
-            if differences:
-                raise ValueError(
-                    f"store {str(path)!r} was written by a different run; it cannot be resumed or "
-                    "extended by this one. Differences:\n  " + "\n  ".join(differences)
-                )
-        store = cls(path, fingerprint)
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise store._write_error("creating its directory", err) from None
+            store.lock()
+            with store._writing("writing fingerprint.json"):
+                if marker.exists():  # another writer created it between our check and our lock
+                    raise StoreError(f"store {str(path)!r} was created by another run meanwhile; run again")
+                _write_atomic(marker, json.dumps(fingerprint, indent=1, sort_keys=True).encode())
         for design in fingerprint.get("designs", {}):
             store._scan(design)
         return store
+
+    def lock(self) -> None:
+        """Become the store's one writer, before any evaluation; a no-op if this store already is.
+
+        Takes the writer lock (:mod:`mcdiff.writer_lock`), probes every block directory with a
+        temporary file, then deletes the temporary files a killed writer left.
+
+        Raises
+        ------
+        ValueError
+            A :class:`~mcdiff.writer_lock.WriterLockedError` naming the holder when another
+            writer holds the lock; a :class:`StoreError` when the store cannot be written
+            (read-only or full file system, no permission).
+        """
+        if self._lock.held:
+            return
+        with self._writing("taking the writer lock (the store misses evaluations)"):
+            self._lock.acquire()
+        with self._writing("a probe write into its block directories"):
+            folders = [self.path / "blocks" / design for design in self.fingerprint["designs"]]
+            for folder in folders:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".probe.{os.getpid()}.tmp"
+                probe.write_bytes(b"")
+                probe.unlink()
+            for leftover in itertools.chain(
+                self.path.glob(".fingerprint.json.*.tmp"), *(f.glob(".*.tmp") for f in folders)
+            ):
+                leftover.unlink(missing_ok=True)  # left by a killed writer: this one holds the lock
+
+    @contextlib.contextmanager
+    def _writing(self, doing: str):
+        """Release the writer lock if the block fails; an ``OSError`` becomes one line (:meth:`_write_error`)."""
+        try:
+            yield
+        except OSError as err:
+            self.close()
+            raise self._write_error(doing, err) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _write_error(self, doing: str, err: OSError) -> StoreError:
+        """One line naming the store, what failed and why (with the free space when the disk is full)."""
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            usage = shutil.disk_usage(self.path if self.path.exists() else self.path.parent)
+            return StoreError(
+                f"store {str(self.path)!r} is full: {doing} failed ({err.strerror}; {usage.free / 2**20:.2f} MiB "
+                f"free of {usage.total / 2**20:.2f} MiB); the blocks already written are kept: free space "
+                "and run again to resume"
+            )
+        return StoreError(
+            f"store {str(self.path)!r} cannot be written: {doing} failed ({err.strerror}); give a writable "
+            "directory (a copy of this store resumes the same run)"
+        )
 
     def _dir(self, design: str) -> Path:
         if design not in self.fingerprint["designs"]:
@@ -128,12 +241,11 @@ class ResultStore:
         return self.path / "blocks" / design
 
     def _scan(self, design: str) -> None:
+        """Index the block files of ``design``; temporary files are skipped (never deleted here)."""
         folder = self._dir(design)
-        folder.mkdir(parents=True, exist_ok=True)
-        index: dict[int, int] = {}
-        for entry in folder.iterdir():
-            if entry.name.startswith("."):  # a temporary file left by a killed writer
-                entry.unlink()
+        files: list[tuple[int, int, str]] = []
+        for entry in folder.iterdir() if folder.is_dir() else ():
+            if entry.name.startswith("."):  # a temporary file of a writer, live or killed
                 continue
             match = _BLOCK.fullmatch(entry.name)
             if not match:
@@ -141,15 +253,15 @@ class ResultStore:
             start, stop = int(match[1]), int(match[2])
             if stop <= start:
                 raise ValueError(f"block file {str(entry)!r} names an empty range")
-            index[start] = stop
-        ends = sorted(index.items())
-        for (a, b), (c, d) in itertools.pairwise(ends):
+            files.append((start, stop, entry.name))
+        files.sort()
+        for (a, b, first), (c, d, second) in itertools.pairwise(files):
             if c < b:
                 raise ValueError(
-                    f"store {str(self.path)!r} has overlapping blocks [{a}, {b}) and [{c}, {d}) of "
-                    f"design {design!r}: it is damaged"
+                    f"store {str(self.path)!r} has overlapping block files {first!r} and {second!r} of design "
+                    f"{design!r} in {str(folder)!r}: it is damaged; delete the one you do not trust (or both)"
                 )
-        self._index[design] = index
+        self._index[design] = {start: stop for start, stop, _ in files}
 
     def done(self, design: str) -> list[tuple[int, int]]:
         """Stored address ranges ``[(start, stop), ...]`` of ``design``, in address order."""
@@ -159,7 +271,13 @@ class ResultStore:
     def write(self, design: str, start: int, stop: int, values: Mapping[str, np.ndarray]) -> None:
         """Store values ``{statistic: (stop - start, *own_shape)}`` of evaluations ``start .. stop - 1``.
 
-        The block appears all at once (temporary file, fsync, atomic rename) or not at all.
+        The block appears all at once (temporary file, fsync, atomic rename) or not at all; the
+        first write takes the writer lock (:meth:`lock`) if it is not held yet.
+
+        Raises
+        ------
+        StoreError
+            When the write fails (a full disk: with the free space); no partial block is left.
         """
         folder = self._dir(design)
         if set(values) != set(self.fingerprint["statistics"]):
@@ -176,12 +294,17 @@ class ResultStore:
         for name, array in arrays.items():
             if len(array) != stop - start:
                 raise ValueError(f"{name[5:]!r} has {len(array)} rows for block [{start}, {stop})")
+        self.lock()
         tmp = folder / f".{start}-{stop}.npz.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, start=start, stop=stop, digest=self.digest, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / f"{start}-{stop}.npz")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, start=start, stop=stop, digest=self.digest, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, folder / f"{start}-{stop}.npz")
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise self._write_error(f"writing block [{start}, {stop}) of design {design!r}", err) from None
         self._index[design][start] = stop
 
     def read(self, design: str) -> list[tuple[int, int, dict[str, np.ndarray]]]:
@@ -190,19 +313,14 @@ class ResultStore:
         Raises
         ------
         ValueError
-            For a block file that is damaged, belongs to another store, or holds other
-            statistics or row counts than its name says. Delete that file to recompute it.
+            For a block file that is damaged, not an npz file, belongs to another store, holds
+            other statistics or row counts than its name says, or holds NaN or inf (which a
+            run never stores). Delete that file to recompute it.
         """
         blocks = []
         for start, stop in self.done(design):
             file = self._dir(design) / f"{start}-{stop}.npz"
-            try:
-                with np.load(file) as data:
-                    content = {key: data[key] for key in data.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-                raise ValueError(
-                    f"block file {str(file)!r} is damaged ({err}); delete it to recompute it"
-                ) from None
+            content = _load_block(file)
             names = sorted(k[5:] for k in content if k.startswith("stat_"))
             problem = None
             if str(content.get("digest")) != self.digest:
@@ -217,8 +335,80 @@ class ResultStore:
                 raise ValueError(
                     f"block file {str(file)!r} does not belong here: {problem}; delete it to recompute it"
                 )
+            for n in names:
+                try:
+                    check_finite(n, content[f"stat_{n}"], start, design)
+                except ValueError as err:
+                    raise ValueError(
+                        f"block file {str(file)!r} is damaged: {err}, values a run never stores; delete it "
+                        "to recompute it"
+                    ) from None
             blocks.append((start, stop, {n: content[f"stat_{n}"] for n in names}))
         return blocks
+
+
+def _check_new(path: Path) -> None:
+    """Raise ``ValueError`` unless ``path`` (without ``fingerprint.json``) is absent, empty or a store being created."""
+    if not path.exists():
+        return
+    if any(path.glob("blocks/*/*.npz")):
+        raise ValueError(
+            f"store {str(path)!r} holds block files but its fingerprint.json is missing, so they cannot be "
+            "checked against this run: restore fingerprint.json, or move the blocks directory away to start anew"
+        )
+    if any(not entry.name.startswith(".") and entry.name not in (LOCK, "blocks") for entry in path.iterdir()):
+        raise ValueError(
+            f"{str(path)!r} is not an mcdiff store (no fingerprint.json) and is not empty; "
+            "refusing to write into it: give a new or empty directory"
+        )
+
+
+def _check_fingerprint(path: Path, marker: Path, fingerprint: dict) -> dict:
+    """The stored fingerprint if it matches ``fingerprint`` (statistic probes within tolerance); else ``ValueError``."""
+    try:
+        stored = json.loads(marker.read_text())
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{str(marker)!r} is not an {FORMAT} fingerprint ({err}): the store is damaged or foreign; "
+            "give another path"
+        ) from None
+    found = stored.get("format") if isinstance(stored, dict) else None
+    if found != FORMAT:
+        older = isinstance(found, str) and found.startswith("mcdiff-store/")
+        raise ValueError(
+            f"store {str(path)!r} has format {found!r}, this mcdiff reads {FORMAT!r}: "
+            + (
+                "it was written by an older mcdiff, whose fingerprint lacks the model's weight hash and the "
+                "statistics' identity, so it cannot be resumed safely; give a new store path"
+                if older
+                else f"{str(marker)!r} is not an {FORMAT} fingerprint: the store is damaged or foreign; give another path"
+            )
+        )
+    differences = _differences(stored, fingerprint)
+    if differences:
+        raise ValueError(
+            f"store {str(path)!r} was written by a different run; it cannot be resumed or "
+            "extended by this one. Differences:\n  " + "\n  ".join(differences)
+        )
+    return stored
+
+
+def _load_block(file: Path) -> dict[str, np.ndarray]:
+    """The arrays of an npz block file; ``ValueError`` naming the file when it is not a readable one."""
+    try:
+        with open(file, "rb") as f:
+            is_npz = f.read(len(_NPZ_MAGIC)) == _NPZ_MAGIC
+        if is_npz:
+            with np.load(file, allow_pickle=False) as data:
+                return {key: data[key] for key in data.files}
+        reason = "not an npz archive"
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        reason = str(err)
+    except ValueError as err:  # numpy's advice to load it with pickle does not apply to a block
+        reason = "it holds Python objects, which no block does" if "pickle" in str(err) else str(err)
+    raise ValueError(
+        f"block file {str(file)!r} is damaged or not a block file ({reason}); delete it to recompute it"
+    )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -23,6 +23,7 @@ RANK = {
     "mcdiff.training": 2,
     "mcdiff.estimators": 3,
     "mcdiff.inverse": 3,
+    "mcdiff.writer_lock": 3,
     "mcdiff.results": 4,
     "mcdiff.store": 4,
     "mcdiff.plots": 4,

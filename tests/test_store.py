@@ -111,9 +111,9 @@ def test_a_longer_run_extends_the_store(tmp_path, uninterrupted):
     "change, match",
     [
         ({"seed": 6}, "seed: stored 5, requested 6"),
-        ({"n_evals": 512}, r"designs: stored .*points_per_replicate=16.*requested .*points_per_replicate=32"),
+        ({"n_evals": 512}, r"designs\.rqmc: stored .*points_per_replicate=16.*requested .*points_per_replicate=32"),
         ({"statistics": ["brightness"]}, "statistics: stored"),
-        ({"sampler": mcdiff.GaussianSampler(num_inference_steps=4)}, "model: stored"),
+        ({"sampler": mcdiff.GaussianSampler(num_inference_steps=4)}, r"model\.\w+: stored"),
     ],
 )
 def test_a_store_of_another_run_is_refused(tmp_path, change, match):
@@ -139,7 +139,7 @@ def _foreign_block(store):
 
 def _bad_fingerprint(store):
     (store / "fingerprint.json").write_text("{not json")
-    return "not an mcdiff-store/1 fingerprint"
+    return "not an mcdiff-store/2 fingerprint"
 
 
 def _stray_file(store):
@@ -174,12 +174,16 @@ def test_fingerprint_records_what_produced_the_values(tmp_path):
         "x_T": [1, 4, 4]
     }
     assert "points_per_replicate=8" in fingerprint["designs"]["amc-rqmc"]
+    assert fingerprint["model"]["weights_sha256"] == CountingSampler().weights_sha256()
+    assert fingerprint["statistic_identity"]["brightness"]["function"] == "mcdiff.functionals._brightness"
+    assert len(fingerprint["statistic_identity"]["centroid"]["probe"]) == 16
     assert set(fingerprint) == {
         "format",
         "model",
         "seed",
         "designs",
         "statistics",
+        "statistic_identity",
         "noise_spec",
         "noise_generator",
         "mcdiff_version",
@@ -187,7 +191,7 @@ def test_fingerprint_records_what_produced_the_values(tmp_path):
     # a store of mcdiff 0.1 (numpy noise on the CPU) had neither this generator nor this version
     new = {k: v for k, v in fingerprint.items() if k != "format"}
     old = {k: v for k, v in new.items() if k != "noise_generator"}
-    ResultStore.open(tmp_path / "old", {**old, "mcdiff_version": "0.1.0"})
+    ResultStore.open(tmp_path / "old", {**old, "mcdiff_version": "0.1.0"}).close()
     with pytest.raises(ValueError, match=r"(?s)mcdiff_version: stored .0\.1\.0.*noise_generator: stored null"):
         ResultStore.open(tmp_path / "old", new)
     store = ResultStore.open(tmp_path / "s", {k: v for k, v in fingerprint.items() if k != "format"})

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 
 from mcdiff.noise import Noise, as_noise
+from mcdiff.samplers.identity import IdentityCache
 
 
 class Sampler(ABC):
@@ -46,8 +48,34 @@ class Sampler(ABC):
         """Images ``(B, C, H, W)`` in [0, 1] from noise ``{name: (B, *shape)}``."""
 
     def describe(self) -> dict[str, str | int | float]:
-        """Settings recorded in a result's attributes (NetCDF-safe scalars)."""
-        return {"model": type(self).__name__, "nfe_per_sample": self.nfe}
+        """Settings recorded in a result's attributes (NetCDF-safe scalars), the model's identity among them.
+
+        ``weights_sha256`` is :meth:`weights_sha256`: a store resumed with another model of
+        the same configuration is refused by it, and a result names the model it came from.
+        """
+        return {
+            "model": type(self).__name__,
+            "nfe_per_sample": self.nfe,
+            "weights_sha256": self.weights_sha256(),
+        }
+
+    def identity(self) -> object:
+        """What the sampler computes with, the content :meth:`weights_sha256` hashes.
+
+        By default the networks, tensors and arrays among the sampler's attributes; subclasses
+        name theirs (the network's weights, an analytic model's full parameters, a callable).
+        """
+        kinds = (torch.nn.Module, torch.Tensor, np.ndarray)
+        return {name: value for name, value in vars(self).items() if isinstance(value, kinds)}
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of :meth:`identity` (:mod:`mcdiff.samplers.identity`), computed once per sampler.
+
+        For a network: every parameter and buffer in ``state_dict`` order (name, dtype, shape,
+        bytes). It is recomputed only when a tensor changed (storage or in-place version).
+        """
+        cache = self.__dict__.setdefault("_identity_cache", IdentityCache())
+        return cache.sha256(self.identity())
 
     def __call__(self, noise: Noise | dict[str, torch.Tensor]) -> torch.Tensor:
         """:meth:`sample` of ``noise``, a :class:`~mcdiff.noise.Noise` or tensors ``{name: (B, *shape)}``."""

@@ -22,6 +22,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from mcdiff.noise import Noise, as_noise
 from mcdiff.samplers.base import Sampler
+from mcdiff.samplers.identity import public_config
 from mcdiff.samplers.scheduler_noise import NoiseSupply, supplied_noise
 from mcdiff.samplers.schedulers import (
     SUPPORTED_SCHEDULERS,
@@ -455,6 +456,10 @@ class DiffusionSampler(Sampler):
             "dtype": self.dtype,
             "step_kwargs": self.step_kwargs,
         }
+
+    def identity(self) -> dict:
+        """The network (its ``state_dict``), the prior mean and the scheduler's configuration."""
+        return {"network": self.unet, "prior_mean": self.prior_mean, "scheduler": public_config(self.scheduler.config)}
 
     def describe(self) -> dict[str, str | int | float]:
         return {

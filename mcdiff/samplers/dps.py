@@ -136,6 +136,10 @@ class DPSSampler(DiffusionSampler):
     def settings(self) -> dict:
         return {**super().settings(), "operator": self.operator, "measurement": self.measurement, "zeta": self.zeta}
 
+    def identity(self) -> dict:
+        """The network, prior and scheduler, and the guidance: operator, measurement ``y``, ``zeta``."""
+        return {**super().identity(), "operator": self.operator, "measurement": self.measurement, "zeta": self.zeta}
+
     def describe(self) -> dict[str, str | int | float]:
         """The base settings plus ``zeta``, the operator's settings and a digest of ``y``."""
         describe_operator = getattr(self.operator, "describe", None)

@@ -85,5 +85,9 @@ class FunctionSampler(Sampler):
     def sample(self, noise: Noise) -> torch.Tensor:
         return self.fn(noise)
 
+    def identity(self) -> object:
+        """The callable: its code, the values it closes over and the globals it names, or a module's weights."""
+        return self.fn
+
     def describe(self) -> dict[str, str | int | float]:
         return {**super().describe(), "function": self.name}

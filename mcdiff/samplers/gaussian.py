@@ -167,6 +167,10 @@ class GaussianSampler(DiffusionSampler):
         m, s = (t.numpy() for t in self.output_moments())
         return torch.as_tensor(decoded_mean(self.output, m, s, self.probit_width))
 
+    def identity(self) -> dict:
+        """The exact score's full mean and variance maps (its buffers), the solver and the output map."""
+        return {**super().identity(), "output": self.output, "probit_width": self.probit_width}
+
     def describe(self) -> dict[str, str | int | float]:
         return {
             **super().describe(),

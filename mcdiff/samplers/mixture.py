@@ -304,6 +304,10 @@ class GaussianMixtureSampler(DiffusionSampler):
         per_component = decoded_mean(self.output, self.means, np.sqrt(self.pixel_variances()), self.probit_width)
         return torch.as_tensor(np.tensordot(self.weights, per_component, axes=1))
 
+    def identity(self) -> dict:
+        """The exact score's weights, means, variances and factors (its buffers), solver and output map."""
+        return {**super().identity(), "output": self.output, "probit_width": self.probit_width}
+
     def describe(self) -> dict[str, str | int | float]:
         return {
             **super().describe(),

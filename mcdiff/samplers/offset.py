@@ -118,5 +118,8 @@ class ProbabilisticOffsetSampler(DiffusionSampler):
     def settings(self) -> dict:
         return {**super().settings(), "offset_weight": self.offset_weight}
 
+    def identity(self) -> dict:
+        return {**super().identity(), "offset_weight": self.offset_weight}
+
     def describe(self) -> dict[str, str | int | float]:
         return {**super().describe(), "offset_weight": self.offset_weight}

@@ -11,6 +11,7 @@ import torch
 from mcdiff.noise import Noise, as_noise
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.diffusion import check_num_inference_steps
+from mcdiff.samplers.identity import public_config
 from mcdiff.samplers.scheduler_noise import NoiseSupply, drawing_modules, supplied_noise
 from mcdiff.samplers.schedulers import SUPPORTED_SCHEDULERS, check_scheduler
 
@@ -250,6 +251,12 @@ class PipelineSampler(Sampler):
                 f"{self._n_draws} (draws that depend on the data are not supported)"
             )
         return images
+
+    def identity(self) -> dict:
+        """Every network of the pipeline (denoiser, VAE, text encoders), its scheduler and the conditioning."""
+        networks = {name: c for name, c in self.pipe.components.items() if isinstance(c, torch.nn.Module)}
+        scheduler = public_config(self.pipe.scheduler.config)
+        return {"networks": networks, "scheduler": scheduler, "call": self.call_kwargs, "class_label": self.class_label}
 
     def describe(self) -> dict[str, str | int | float]:
         out = {
