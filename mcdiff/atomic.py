@@ -89,7 +89,7 @@ def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
             except BaseException:
                 os.replace(aside, path)
                 raise
-            _remove(aside)
+            _remove(aside, quiet=0)
         else:
             os.replace(tmp, path)
         _fsync_tree(path.parent, recursive=False)
@@ -124,13 +124,24 @@ def _size(path: Path) -> int:
     return sum(min(s.st_size, 512 * s.st_blocks) for s in (f.stat() for f in files))
 
 
-def _remove(path: Path) -> None:
-    """Delete the file or directory ``path``; a directory is retried while late writes land in it."""
-    for attempt in range(5):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists() or path.is_symlink():
+def _remove(path: Path, quiet: float = 0.3, patience: float = 10.0) -> None:
+    """Delete the file or directory ``path``; a directory is deleted again until it stays gone.
+
+    A Zarr write that failed on one chunk returns while its other chunk writes still run (and
+    recreate their folders), so a directory counts as gone once it has stayed absent for
+    ``quiet`` seconds, trying for ``patience`` seconds at most.
+    """
+    if not path.is_dir() or path.is_symlink():
+        if path.exists() or path.is_symlink():
             path.unlink()
-        if not (path.exists() or path.is_symlink()):
+        return
+    deadline, gone_since = time.monotonic() + patience, None
+    while time.monotonic() < deadline:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            gone_since = None
+        elif gone_since is None:
+            gone_since = time.monotonic()
+        elif time.monotonic() - gone_since >= quiet:
             return
-        time.sleep(0.05 * (attempt + 1))  # Zarr's writer threads may still be finishing chunks
+        time.sleep(0.05)
