@@ -48,11 +48,15 @@ def test_bench_list_forwards_to_run_all():
     assert "diversity_table: full size" in listed and "efficiency_table" not in listed
 
 
-def _unet_without_weights(tmp_path):
-    """A copy of the bundled digits model directory whose unet/ has its config but no weights."""
+def _broken_model(tmp_path, weights: bytes | None):
+    """A copy of the bundled digits model directory whose unet/ has its config and ``weights``
+    as its weight file (none when ``None``)."""
     model = tmp_path / "model"
     shutil.copytree(bundled_path("digits"), model)
-    (model / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    file = model / "unet" / "diffusion_pytorch_model.safetensors"
+    file.unlink()
+    if weights is not None:
+        file.write_bytes(weights)
     return model
 
 
@@ -66,6 +70,7 @@ def _unet_without_weights(tmp_path):
         (["estimate", "--seed", "-1"], r"seed must be a non-negative integer below 2\*\*63 .*, got -1"),
         (["estimate", "--model", "{model}"], r"has unet/config.json but no weights: expected '.*/unet/"
                                              r"diffusion_pytorch_model.safetensors'"),
+        (["estimate", "--model", "{damaged}"], r"cannot load the UNet of '.*/model': .*safetensors"),
         (["estimate", "--scheduler", "tcp://127.0.0.1:1"],
          r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:1' within 5 s"),
         (["multifidelity", "--fidelities", "2", "4", "-n", "64", "16", "--method", "mlmc", "cv",
@@ -77,14 +82,15 @@ def _unet_without_weights(tmp_path):
         (["demo", "-o", "{tmp}/out.txt"], r"must end in \.nc"),
         (["demo", "--figure", "{tmp}/no/such/dir/f.png"], r"cannot write figure .*: directory .* does not exist"),
     ],
-    ids=["missing-dir", "parent-is-file", "extension", "seed-2**63", "seed-negative", "no-weights",
+    ids=["missing-dir", "parent-is-file", "extension", "seed-2**63", "seed-negative", "no-weights", "bad-weights",
          "no-scheduler", "multifidelity-extension", "multifidelity-seed", "diagnose-file", "diagnose-timesteps",
          "demo-extension", "demo-figure-dir"],
 )
 def test_a_user_error_is_one_line_and_exit_2_before_any_evaluation(tmp_path, capsys, evaluations, command, match):
     (tmp_path / "file").write_text("")
-    model = _unet_without_weights(tmp_path) if "{model}" in command else None
-    argv = [a.format(tmp=tmp_path, model=model) for a in command]
+    model = _broken_model(tmp_path, None) if "{model}" in command else None
+    damaged = _broken_model(tmp_path, b"not safetensors") if "{damaged}" in command else None
+    argv = [a.format(tmp=tmp_path, model=model, damaged=damaged) for a in command]
     if argv[0] == "estimate":
         argv += ["-n", "64", "--steps", "2"] + ([] if "-o" in argv else ["-o", str(tmp_path / "r.nc")])
     start = time.perf_counter()
