@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 from functools import partial
 from pathlib import Path
 
+from mcdiff.atomic import check_directory
 from mcdiff.designs import DESIGN_NAMES
 from mcdiff.diagnostics import diagnose, format_report, load_lpips, save_figures
 from mcdiff.executors import DaskExecutor
@@ -15,13 +17,14 @@ from mcdiff.functionals import BUILTIN
 from mcdiff.inverse import MASKS, InpaintingProblem, make_mask
 from mcdiff.models import ANALYTIC, BUNDLED, load_model
 from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity, parse_fidelity
-from mcdiff.results import format_levels, format_table, save_result
+from mcdiff.results import RESULT_SUFFIXES, check_result_path, format_levels, format_table, save_result
 from mcdiff.runner import estimate
 from mcdiff.samplers.dps import check_zeta
 from mcdiff.samplers.schedulers import SUPPORTED_SCHEDULERS
 
 MODELS = (*ANALYTIC, *BUNDLED)
 MODEL_HELP = f"{', '.join(MODELS)}, or a diffusers model directory"
+RESULT_HELP = f"result file: {', '.join(RESULT_SUFFIXES)}"
 
 
 def _add_estimate(sub) -> None:
@@ -57,7 +60,7 @@ def _add_estimate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-result.nc"), help=".nc or .zarr")
+    p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-result.nc"), help=RESULT_HELP)
     p.add_argument(
         "--store", type=Path, help="result store directory: blocks are saved as computed; rerun to resume"
     )
@@ -108,6 +111,7 @@ def _estimate_model(model: str, steps: int, scheduler: str, eta: float, problem=
 
 
 def _run_estimate(args) -> None:
+    check_result_path(args.output)
     problem = _inpainting_problem(args)
     scheduler = args.sampler or ("DDPMScheduler" if args.ddpm else "DDIMScheduler")
     # a factory: Dask workers build the model
@@ -131,6 +135,8 @@ def _run_estimate(args) -> None:
         max_evals=args.max_evals,
     )
     if args.scheduler:
+        # a lost scheduler is reported in one line (SchedulerLost); the client's own log of it is noise
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
         with DaskExecutor(args.scheduler) as executor:
             result = estimate(model, executor=executor, **options)
     else:
@@ -172,7 +178,7 @@ def _add_multifidelity(sub) -> None:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-multifidelity.nc"),
-                   help=".nc or .zarr; with several methods, one file per method (suffix -mlmc, -cv)")
+                   help=f"{RESULT_HELP}; with several methods, one file per method (suffix -mlmc, -cv)")
     p.set_defaults(run=_run_multifidelity)
 
 
@@ -185,6 +191,11 @@ def _fidelity(text: str):
 
 
 def _run_multifidelity(args) -> None:
+    outputs = {method: args.output for method in args.method}
+    if len(args.method) > 1:
+        outputs = {m: args.output.with_name(f"{args.output.stem}-{m}{args.output.suffix}") for m in args.method}
+    for output in outputs.values():
+        check_result_path(output)
     sampler = load_model(args.model, parse_fidelity(args.fidelities[-1]).steps)
     if args.n_evals is not None:
         budget = None
@@ -207,13 +218,10 @@ def _run_multifidelity(args) -> None:
             confidence=args.confidence,
             batch_size=args.batch_size,
         )
-        output = args.output
-        if len(args.method) > 1:
-            output = output.with_name(f"{output.stem}-{method}{output.suffix}")
         print(format_table(result))
         print()
         print(format_levels(result))
-        print(f"\nwrote {save_result(result, output)}\n")
+        print(f"\nwrote {save_result(result, outputs[method])}\n")
 
 
 def _diagnose_samplers(model: str, steps: int, ddpm: bool, sampler: str | None = None) -> dict:
@@ -256,7 +264,16 @@ def _add_diagnose(sub) -> None:
     p.set_defaults(run=_run_diagnose)
 
 
+def _check_report_directory(path: Path) -> None:
+    """Raise ``ValueError`` unless ``path`` is a directory, or can be made one, that this process can write."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot write the report directory {str(path)!r}: it is a file")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    check_directory(existing, f"report directory {str(path)!r}")
+
+
 def _run_diagnose(args) -> None:
+    _check_report_directory(args.output)
     samplers = _diagnose_samplers(args.model, args.steps, args.ddpm, args.sampler)
     lpips = load_lpips(args.lpips) if args.lpips is not None else None
     tree = diagnose(
@@ -272,7 +289,7 @@ def _run_diagnose(args) -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     report = format_report(tree)
     (args.output / "report.txt").write_text(report + "\n")
-    tree.to_netcdf(args.output / "diagnostics.nc")
+    save_result(tree, args.output / "diagnostics.nc")
     figures = save_figures(tree, args.output)
     print(report)
     print(f"\nwrote {args.output / 'report.txt'}, {args.output / 'diagnostics.nc'}, "
@@ -294,7 +311,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pairs", type=int, default=8, help="antithetic pairs shown in the figure")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: robust on a shared machine)")
-    p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-demo.nc"), help=".nc or .zarr")
+    p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-demo.nc"), help=RESULT_HELP)
     p.add_argument("--figure", type=Path, default=Path("mcdiff-demo.png"))
     p.set_defaults(run=_run_demo)
 
@@ -311,6 +328,8 @@ def _run_demo(args) -> None:
     torch.set_num_threads(args.threads)
     if args.pairs < 1:
         raise ValueError(f"--pairs must be >= 1, got {args.pairs}")
+    check_result_path(args.output)
+    check_directory(args.figure.parent, f"figure {str(args.figure)!r}")
     sampler = load_model(args.model, args.steps)
     result = estimate(sampler, DEMO_STATISTICS, DEMO_DESIGNS, n_evals=args.n_evals, seed=args.seed)
     print(
@@ -448,12 +467,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_message(err: Exception) -> str:
+    """The line ``main`` prints for an error the user can fix: its message, an OS error's text and file."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror}: {err.filename!r}" if err.filename else err.strerror
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; bad input and what the system refuses (a full disk, a missing file, a lost
+    scheduler: ``ValueError`` and ``OSError``) are one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
         code = args.run(args)
-    except ValueError as err:
-        print(f"mcdiff {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:
+        print(f"mcdiff {args.command}: error: {error_message(err)}", file=sys.stderr)
         return 2
     return code or 0
 

@@ -97,10 +97,17 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=key))
 
 
+SEED_LIMIT = 2**63
+"""Seeds are integers in ``[0, 2^63)``: a result records its seed as a NetCDF attribute, which
+holds a signed 64-bit integer at most (numpy's ``SeedSequence`` and torch take any such seed)."""
+
+
 def check_seed(seed: int) -> int:
-    """Return ``seed`` if it is a non-negative integer, else raise ``ValueError``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    """Return ``seed`` as an ``int`` if it is an integer in ``[0, 2^63)``, else raise ``ValueError``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(
+            f"seed must be a non-negative integer below 2**63 (a NetCDF int64 attribute), got {seed!r}"
+        )
     return int(seed)
 
 

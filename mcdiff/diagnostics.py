@@ -397,6 +397,20 @@ def _default_steps(count: int, n_steps: int) -> list[int]:
     return sorted(set(np.linspace(0, n_steps - 1, min(count, n_steps)).round().astype(int).tolist()))
 
 
+def _probed_timesteps(sampler: DiffusionSampler, timesteps: Sequence[int] | None) -> list[int]:
+    """Timesteps to probe: ``timesteps``, each in the sampler's schedule, or five spread over it."""
+    schedule = [_timestep_value(t) for t in sampler.scheduler.timesteps]
+    if timesteps is None:
+        timesteps = [schedule[i] for i in _default_steps(5, len(schedule))]
+    timesteps = [_timestep_value(t) for t in timesteps]
+    bad = [t for t in timesteps if t not in schedule]
+    if bad or not timesteps:
+        raise ValueError(
+            f"timesteps {bad or timesteps} are not in the sampler's schedule; allowed: {schedule}"
+        )
+    return timesteps
+
+
 def antisymmetry(
     sampler: DiffusionSampler,
     timesteps: Sequence[int] | None = None,
@@ -449,15 +463,7 @@ def antisymmetry(
     n_lambdas = _check_count("n_lambdas", n_lambdas, 3)
     n_pixels = _check_count("n_pixels", n_pixels, 1)
     seed = check_seed(seed)
-    schedule = [_timestep_value(t) for t in sampler.scheduler.timesteps]
-    if timesteps is None:
-        timesteps = [schedule[i] for i in _default_steps(5, len(schedule))]
-    timesteps = [_timestep_value(t) for t in timesteps]
-    bad = [t for t in timesteps if t not in schedule]
-    if bad or not timesteps:
-        raise ValueError(
-            f"timesteps {bad or timesteps} are not in the sampler's schedule; allowed: {schedule}"
-        )
+    timesteps = _probed_timesteps(sampler, timesteps)
     noise = {
         name: torch.from_numpy(z).to(sampler.device, sampler.dtype)
         for name, z in MonteCarlo().draw(sampler.noise_spec, seed, 0, n_probes, n_probes).items()
@@ -540,6 +546,11 @@ def diagnose(
     schedules = {n: [_timestep_value(t) for t in _check_diffusion(s).scheduler.timesteps] for n, s in samplers.items()}
     if any(v != schedules[names[0]] for v in schedules.values()):
         raise ValueError(f"all samplers must share one timestep schedule, got {schedules}")
+    n_pairs = _check_count("n_pairs", n_pairs, 2)  # every input is checked before the first evaluation
+    seed = check_seed(seed)
+    batch_size = _check_count("batch_size", batch_size, 2)
+    _check_count("n_probes", n_probes, 2)
+    _probed_timesteps(samplers[names[0]], timesteps)
     pairs, trajectories = [], []
     for sampler in samplers.values():
         images = generate_pairs(sampler, n_pairs, seed, batch_size)

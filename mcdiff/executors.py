@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import CancelledError
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,9 +59,9 @@ class LocalExecutor:
         self._sampler: Sampler | None = None
 
     def _load(self, model: Model) -> Sampler:
-        if _is_sampler(model):
+        if _is_sampler(check_model(model)):
             return model
-        if model is not self._model:
+        if model is not self._model or self._sampler is None:
             self._model, self._sampler = model, _build(model)
         return self._sampler
 
@@ -86,10 +88,22 @@ def _is_sampler(model) -> bool:
     return isinstance(model, Sampler) or hasattr(model, "noise_spec")
 
 
+def check_model(model) -> Model:
+    """Return ``model`` if it is a sampler or a callable (a factory), else raise ``ValueError``.
+
+    A sampler is a :class:`~mcdiff.samplers.Sampler`, or any object with its contract: a
+    ``noise_spec`` mapping and a ``sample(noise)`` method (called as ``model(noise)``).
+    """
+    if not (_is_sampler(model) or callable(model)):
+        raise ValueError(
+            f"a model must be a Sampler (an object with noise_spec and sample(noise) -> images (B, C, H, W), "
+            f"see mcdiff.samplers.Sampler) or a zero-argument factory that builds one, got {model!r}"
+        )
+    return model
+
+
 def _build(factory: Callable[[], Sampler]) -> Sampler:
-    if not callable(factory):
-        raise ValueError(f"a model must be a Sampler or a factory that builds one, got {factory!r}")
-    sampler = factory()
+    sampler = check_model(factory)()
     if not _is_sampler(sampler):
         raise ValueError(f"the model factory {factory!r} returned {type(sampler).__name__}, not a Sampler")
     return sampler
@@ -116,6 +130,10 @@ def _evaluate_on_worker(key, factory, statistics, seed, batch_size, block) -> di
     return _evaluate(_worker_sampler(key, factory), statistics, seed, batch_size, block)
 
 
+class SchedulerLost(ConnectionError):
+    """The Dask scheduler went away mid-run; blocks not yet returned are lost (stored ones are kept)."""
+
+
 class DaskExecutor:
     """Runs blocks as tasks on a ``dask.distributed`` cluster, one task per block.
 
@@ -129,6 +147,10 @@ class DaskExecutor:
     client : distributed.Client or str
         A client, or a scheduler address (``"tcp://host:8786"``) to connect to; a client this
         executor opened is closed by :meth:`close` (or on leaving a ``with`` block).
+    connect_timeout : float
+        Seconds to wait for the scheduler at an address, on connecting and on reconnecting
+        after the connection dropped; then :class:`ConnectionError` (unreachable) or
+        :class:`SchedulerLost` (gone mid-run).
 
     Examples
     --------
@@ -140,13 +162,24 @@ class DaskExecutor:
     ...                              executor=mcdiff.DaskExecutor(client))  # doctest: +SKIP
     """
 
-    def __init__(self, client):
+    def __init__(self, client, connect_timeout: float = 5.0):
         try:
             from distributed import Client
         except ImportError as err:  # pragma: no cover - depends on the environment
             raise ImportError("DaskExecutor needs dask.distributed: pip install 'mcdiff[dask]'") from err
         self._owned = isinstance(client, str)
-        self.client = Client(client) if self._owned else client
+        if not self._owned:
+            self.client = client
+            self.address = client.scheduler.address
+            return
+        self.address = client
+        try:
+            self.client = Client(client, timeout=connect_timeout)
+        except OSError as err:  # a timeout, a refused connection, an unknown host
+            raise ConnectionError(
+                f"cannot reach the Dask scheduler at {client!r} within {connect_timeout:g} s "
+                f"({type(err).__name__}): start it (dask scheduler) or correct the address"
+            ) from None
 
     def close(self) -> None:
         """Close the client if this executor opened it."""
@@ -172,7 +205,22 @@ class DaskExecutor:
 
     def describe(self, model: Model) -> ModelInfo:
         """Settings and noise spec of ``model``, read on a worker (which then keeps the model)."""
-        return self.client.submit(_describe_on_worker, self._key(model), model, pure=False).result()
+        future = self.client.submit(_describe_on_worker, self._key(model), model, pure=False)
+        with self._translating_loss():
+            return future.result()
+
+    @contextmanager
+    def _translating_loss(self):
+        """Turn the errors of a lost scheduler (cancelled futures, closed comms) into :class:`SchedulerLost`."""
+        from distributed.comm import CommClosedError
+
+        try:
+            yield
+        except (CancelledError, CommClosedError) as err:
+            reason = getattr(err, "reason", None) or type(err).__name__
+            raise SchedulerLost(
+                f"lost the Dask scheduler at {self.address} during the run ({reason})"
+            ) from None
 
     def evaluate(
         self,
@@ -196,7 +244,8 @@ class DaskExecutor:
             for future in as_completed(futures):
                 block = futures[future]
                 try:
-                    values = future.result()
+                    with self._translating_loss():
+                        values = future.result()
                 except KilledWorker as err:
                     raise RuntimeError(
                         f"block [{block.start}, {block.stop}) of design {block.design.name!r} killed every "
@@ -205,4 +254,5 @@ class DaskExecutor:
                     ) from err
                 yield block, values
         finally:
-            self.client.cancel(list(futures))
+            if self.client.status == "running":  # a lost scheduler has cancelled them already
+                self.client.cancel(list(futures))

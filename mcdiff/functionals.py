@@ -50,12 +50,21 @@ class Statistic:
         return tuple(f"{self.name}_dim_{k}" for k in range(values.ndim - 1))
 
     def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Values ``(B, *own_shape)`` as float64, checked against the batch and ``dims``."""
+        """Values ``(B, *own_shape)`` as float64: real numbers, one row per image, ``dims`` as declared."""
         images = torch.as_tensor(images)
         if images.dtype in (torch.float16, torch.bfloat16):
             images = images.float()
         out = self.fn(images)
-        out = out.detach().cpu().double().numpy() if torch.is_tensor(out) else np.asarray(out, dtype=np.float64)
+        try:
+            out = out.detach().cpu() if torch.is_tensor(out) else np.asarray(out)
+        except ValueError as err:  # ragged sequences
+            raise ValueError(f"statistic {self.name!r} returned no array of numbers: {err}") from None
+        if out.is_complex() if torch.is_tensor(out) else out.dtype.kind not in "biuf":
+            raise ValueError(
+                f"statistic {self.name!r} returned values of dtype {out.dtype}; it must return real "
+                "numbers (B, ...), a tensor or an array of bool, int or float"
+            )
+        out = out.double().numpy() if torch.is_tensor(out) else out.astype(np.float64)
         if out.ndim == 0 or out.shape[0] != images.shape[0]:
             raise ValueError(
                 f"statistic {self.name!r} returned shape {out.shape} for a batch of {images.shape[0]} "

@@ -21,12 +21,16 @@ of the one below it).
 
 from __future__ import annotations
 
+import hashlib
+import json
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from mcdiff.atomic import check_directory, replace_atomically
 from mcdiff.estimators import (
     SUMMARY_FIELDS,
     VARIANCE_FIELDS,
@@ -195,26 +199,144 @@ def build_multifidelity_result(
     return xr.DataTree.from_dict({"summary": summary_ds, "levels": levels_ds})
 
 
-def save_result(result: xr.DataTree, path: str | Path) -> Path:
-    """Save a result to NetCDF (``.nc``) or Zarr (``.zarr``)."""
+RESULT_SUFFIXES = (".nc", ".nc4", ".netcdf", ".zarr")
+"""File name endings :func:`save_result` writes: NetCDF-4 files, or a Zarr directory store (``.zarr``)."""
+
+RECORD = "mcdiff_result"
+"""Root attribute :func:`save_result` writes and :func:`load_result` checks: a JSON record of
+the format, and of every variable of every group its dims, shape, dtype kind and SHA-256."""
+
+RECORD_FORMAT = "mcdiff-result/1"
+
+
+def check_result_path(path: str | Path) -> Path:
+    """Return ``path`` as a :class:`~pathlib.Path` if a result can be saved there, else raise ``ValueError``.
+
+    The name must end in one of :data:`RESULT_SUFFIXES`, its directory must exist and be
+    writable, and it must not be an existing directory unless it is a ``.zarr`` store. Call it
+    before the work whose result is to be saved there; :func:`save_result` calls it too.
+    """
     path = Path(path)
-    if path.suffix == ".zarr":
-        result.to_zarr(path, mode="w")
-    elif path.suffix in (".nc", ".nc4", ".netcdf"):
-        result.to_netcdf(path)
-    else:
-        raise ValueError(f"result path must end in .nc or .zarr, got {str(path)!r}")
+    if path.suffix not in RESULT_SUFFIXES:
+        raise ValueError(
+            f"result path must end in {', '.join(RESULT_SUFFIXES)} (NetCDF, or a Zarr directory), got {str(path)!r}"
+        )
+    check_directory(path.parent, f"result {str(path)!r}")
+    if path.is_dir() and path.suffix != ".zarr":
+        raise ValueError(f"cannot write result {str(path)!r}: it is a directory")
     return path
 
 
+def save_result(result: xr.DataTree, path: str | Path) -> Path:
+    """Save a result to NetCDF (``.nc``, ``.nc4``, ``.netcdf``) or Zarr (``.zarr``), atomically.
+
+    The result is written under a temporary name beside ``path``, flushed to disk and renamed
+    into place (:func:`~mcdiff.atomic.replace_atomically`), so an earlier result at ``path``
+    is replaced whole or, when writing fails (a full disk), left as it was. The root attribute
+    :data:`RECORD` lists every variable with its SHA-256 for :func:`load_result` to check.
+
+    Raises
+    ------
+    ValueError
+        For a path :func:`check_result_path` refuses.
+    OSError
+        ``ENOSPC``, one line naming the path and the free space, when the disk fills.
+    """
+    path = check_result_path(path)
+    tree = result.copy(deep=False)
+    tree.attrs = {**result.attrs, RECORD: json.dumps(_record(result))}
+    if path.suffix == ".zarr":
+        write = partial(tree.to_zarr, mode="w")
+    else:
+        write = tree.to_netcdf
+    return replace_atomically(path, write)
+
+
 def load_result(path: str | Path) -> xr.DataTree:
-    """Load a result saved by :func:`save_result`, fully into memory."""
+    """Load a result saved by :func:`save_result`, fully into memory, and check it is whole.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file when it is missing, cannot be read (truncated, not NetCDF or
+        Zarr), has no :data:`RECORD` (not written by :func:`save_result` of mcdiff >= 0.2.1),
+        or differs from its record: a group or variable missing, other dims or shape, or
+        values whose SHA-256 differs.
+    """
     path = Path(path)
     if not path.exists():
         raise ValueError(f"no result at {str(path)!r}")
     engine = "zarr" if path.suffix == ".zarr" else None
-    with xr.open_datatree(path, engine=engine) as tree:
-        return tree.load()
+    try:
+        with xr.open_datatree(path, engine=engine) as opened:
+            tree = opened.load()
+    except Exception as err:  # netCDF, HDF5 and Zarr each raise their own types
+        raise ValueError(
+            f"result {str(path)!r} cannot be read, it is damaged or not a result: "
+            f"{type(err).__name__}: {' '.join(str(err).split())}"
+        ) from None
+    recorded = tree.attrs.get(RECORD)
+    try:
+        record = json.loads(recorded)
+    except (TypeError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise ValueError(
+            f"result {str(path)!r} has no {RECORD_FORMAT} record: it was not written (or not finished) "
+            "by mcdiff.save_result of mcdiff >= 0.2.1; xarray.open_datatree reads it unchecked"
+        )
+    problems = _differences(record["variables"], _record(tree)["variables"])
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise ValueError(f"result {str(path)!r} is damaged, it differs from what was saved: {shown}")
+    attrs = dict(tree.attrs)
+    del attrs[RECORD]
+    tree.attrs = attrs
+    return tree
+
+
+def _record(tree: xr.DataTree) -> dict:
+    """:data:`RECORD` of ``tree``: ``{"format", "variables": {"/group/name": entry}}``.
+
+    An entry holds ``dims``, ``shape``, ``kind`` (numeric or text) and the SHA-256 of the
+    values, numbers as little-endian float64 and text as UTF-8, so that encodings which
+    round-trip the values (int8-coded booleans, fixed or variable-length strings) agree.
+    """
+    variables = {}
+    for node in tree.subtree:
+        for name, var in node.variables.items():
+            values = np.asarray(var.values)
+            numeric = values.dtype.kind in "biuf"
+            if numeric:
+                data = np.ascontiguousarray(values, dtype="<f8").tobytes()
+            else:
+                data = "\x1f".join(str(v) for v in values.ravel()).encode()
+            variables[f"{node.path.rstrip('/')}/{name}"] = {
+                "dims": list(var.dims),
+                "shape": list(values.shape),
+                "kind": "number" if numeric else "text",
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+    return {"format": RECORD_FORMAT, "variables": variables}
+
+
+def _differences(saved: dict, read: dict) -> list[str]:
+    """How every variable whose record entry differs was saved and was read, missing ones included."""
+    out = []
+    for name in sorted(set(saved) | set(read)):
+        a, b = saved.get(name), read.get(name)
+        if a == b:
+            continue
+        if a is None or b is None:
+            out.append(f"{name} {'absent' if a is None else 'missing'} (saved {'without' if a is None else 'with'} it)")
+            continue
+        keys = [k for k in ("dims", "shape", "kind") if a.get(k) != b.get(k)]
+        if keys:
+            out.append(f"{name} saved with {', '.join(f'{k}={a[k]}' for k in keys)}, read with "
+                       f"{', '.join(f'{k}={b[k]}' for k in keys)}")
+        else:
+            out.append(f"{name} holds other values than were saved (SHA-256 differs)")
+    return out
 
 
 def format_table(result: xr.DataTree) -> str:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from mcdiff.blocks import Block
 from mcdiff.designs import Design, check_seed, get_design
 from mcdiff.estimators import check_confidence, summarize
-from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo
+from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo, SchedulerLost, check_model
 from mcdiff.functionals import Statistic, get_statistic, statistic_identity
 from mcdiff.noise import GENERATOR
 from mcdiff.results import build_result, mcdiff_version
@@ -129,6 +129,7 @@ def estimate(
     >>> float(result["summary"]["brightness"].sel(design="mc", summary="estimate")) > 0
     True
     """
+    check_model(sampler)
     seed = check_seed(seed)
     confidence = check_confidence(confidence)
     stats = [get_statistic(s) for s in statistics]
@@ -165,11 +166,14 @@ def estimate(
                 results.lock()  # one writer, and a store that cannot be written refused, before any evaluation
             bar.total += sum(b.stop - b.start for b in blocks)
             bar.refresh()
-            for block, values in executor.evaluate(sampler, stats, seed, batch_size, blocks):
-                if results is not None:
-                    results.write(block.design.name, block.start, block.stop, values)
-                chunks[block.design.name].append((block.start, block.stop, values))
-                bar.update(block.stop - block.start)
+            try:
+                for block, values in executor.evaluate(sampler, stats, seed, batch_size, blocks):
+                    if results is not None:
+                        results.write(block.design.name, block.start, block.stop, values)
+                    chunks[block.design.name].append((block.start, block.stop, values))
+                    bar.update(block.stop - block.start)
+            except SchedulerLost as err:
+                raise SchedulerLost(f"{err}; {_resume_hint(store)}") from None
             per_design = {d.name: _assemble(chunks[d.name], n) for d in layouts}
             if stopping is None:
                 break
@@ -202,6 +206,19 @@ def estimate(
         [reached_at.get(d.name, -1) for d in layouts], dims="design"
     )
     return result
+
+
+def _resume_hint(store: str | Path | None) -> str:
+    """What a run interrupted mid-way keeps: its store's blocks, or nothing without a store."""
+    if store is None:
+        return (
+            "the evaluations done so far are lost (no store): give a store (store=DIR, mcdiff estimate "
+            "--store DIR) to keep every finished block and resume from it"
+        )
+    return (
+        f"every finished block is kept in store {str(store)!r}: rerun with the same store (--store) "
+        "once the scheduler is back and the run resumes, bit-identical to an uninterrupted one"
+    )
 
 
 def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals) -> dict | None:

@@ -1,12 +1,16 @@
-"""The command line: estimate prints a table, writes a loadable result, and fails cleanly."""
+"""The command line: estimate prints a table, writes a loadable result, and fails cleanly: every\nerror a user can cause is one line and exit status 2, before the first evaluation."""
 
+import re
+import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 import mcdiff
 from mcdiff.cli import find_run_all, main
+from mcdiff.models import bundled_path
 
 
 def test_estimate_writes_a_result_and_prints_a_table(tmp_path, capsys):
@@ -42,3 +46,70 @@ def test_bench_list_forwards_to_run_all():
     listed = subprocess.run([sys.executable, "-m", "mcdiff.cli", "bench", "--list", "--only", "diversity_table"],
                             capture_output=True, text=True, check=True).stdout
     assert "diversity_table: full size" in listed and "efficiency_table" not in listed
+
+
+def _broken_model(tmp_path, weights: bytes | None):
+    """A copy of the bundled digits model directory whose unet/ has its config and ``weights``
+    as its weight file (none when ``None``)."""
+    model = tmp_path / "model"
+    shutil.copytree(bundled_path("digits"), model)
+    file = model / "unet" / "diffusion_pytorch_model.safetensors"
+    file.unlink()
+    if weights is not None:
+        file.write_bytes(weights)
+    return model
+
+
+@pytest.mark.parametrize(
+    "command, match",
+    [
+        (["estimate", "-o", "{tmp}/no/such/dir/out.nc"], r"directory '.*/no/such/dir' does not exist"),
+        (["estimate", "-o", "{tmp}/file/out.nc"], r"'.*/file' is a file, not a directory"),
+        (["estimate", "-o", "{tmp}/out.txt"], r"must end in \.nc, \.nc4, \.netcdf, \.zarr"),
+        (["estimate", "--seed", str(2**63)], r"seed must be a non-negative integer below 2\*\*63"),
+        (["estimate", "--seed", "-1"], r"seed must be a non-negative integer below 2\*\*63 .*, got -1"),
+        (["estimate", "--model", "{model}"], r"has unet/config.json but no weights: expected '.*/unet/"
+                                             r"diffusion_pytorch_model.safetensors'"),
+        (["estimate", "--model", "{damaged}"], r"cannot load the UNet of '.*/model': .*safetensors"),
+        (["estimate", "--scheduler", "tcp://127.0.0.1:1"],
+         r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:1' within 5 s"),
+        (["multifidelity", "--fidelities", "2", "4", "-n", "64", "16", "--method", "mlmc", "cv",
+          "-o", "{tmp}/out.txt"], r"must end in \.nc.*got '.*/out-mlmc.txt'"),
+        (["multifidelity", "--fidelities", "2", "4", "-n", "64", "16", "--seed", str(2**64)], "below 2\\*\\*63"),
+        (["diagnose", "--steps", "4", "-o", "{tmp}/file"], r"report directory '.*/file': it is a file"),
+        (["diagnose", "--steps", "4", "--timesteps", "7", "-o", "{tmp}/report"],
+         r"timesteps \[7\] are not in the sampler's schedule"),
+        (["demo", "-o", "{tmp}/out.txt"], r"must end in \.nc"),
+        (["demo", "--figure", "{tmp}/no/such/dir/f.png"], r"cannot write figure .*: directory .* does not exist"),
+    ],
+    ids=["missing-dir", "parent-is-file", "extension", "seed-2**63", "seed-negative", "no-weights", "bad-weights",
+         "no-scheduler", "multifidelity-extension", "multifidelity-seed", "diagnose-file", "diagnose-timesteps",
+         "demo-extension", "demo-figure-dir"],
+)
+def test_a_user_error_is_one_line_and_exit_2_before_any_evaluation(tmp_path, capsys, evaluations, command, match):
+    (tmp_path / "file").write_text("")
+    model = _broken_model(tmp_path, None) if "{model}" in command else None
+    damaged = _broken_model(tmp_path, b"not safetensors") if "{damaged}" in command else None
+    argv = [a.format(tmp=tmp_path, model=model, damaged=damaged) for a in command]
+    if argv[0] == "estimate":
+        argv += ["-n", "64", "--steps", "2"] + ([] if "-o" in argv else ["-o", str(tmp_path / "r.nc")])
+    start = time.perf_counter()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"mcdiff {argv[0]}: error: "), err
+    assert re.search(match, err), err
+    assert evaluations == []  # refused before the first sampler call
+    assert time.perf_counter() - start < 30  # the unreachable scheduler: a 5 s connect timeout, not 30 s
+    assert not list(tmp_path.glob("*.nc")) and not (tmp_path / "report").exists()
+
+
+def test_a_full_disk_while_saving_is_one_line_naming_the_file_and_the_free_space(tiny_disk, capsys):
+    out = tiny_disk / "r.nc"
+    code = main(["estimate", "-n", "2048", "--steps", "2", "--designs", "mc", "amc", "--statistics", "pixel_mean",
+                 "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1, err
+    assert re.search(rf"no space left on the file system of '{tiny_disk}' writing '{out}': [\d.]+ MiB free", err)
+    assert list(tiny_disk.iterdir()) == []

@@ -141,3 +141,18 @@ def test_cli_diagnose_writes_report(tmp_path, capsys):
             tree["pairs"]["correlation"].sel(pairing="PN", centring="raw"), -1.0, atol=1e-6
         )
     assert main(["diagnose", "--model", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"timesteps": [7]}, r"timesteps \[7\] are not in the sampler's schedule"),
+        ({"n_probes": 1}, "n_probes must be an integer >= 2"),
+        ({"seed": 2**63}, r"seed must be a non-negative integer below 2\*\*63"),
+        ({"n_pairs": 1}, "n_pairs must be an integer >= 2"),
+    ],
+)
+def test_diagnose_checks_every_input_before_sampling(gaussian_samplers, evaluations, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        diagnostics.diagnose(gaussian_samplers[0.0], **{"n_pairs": 4, **kwargs})
+    assert evaluations == []

@@ -1,17 +1,20 @@
 """The Dask executor gives the local result: bit-identical on the analytic model, within float32
 tolerance on a network whose batches were composed differently; workers load the model once,
-and a worker lost mid-block is replaced by a clean retry (or a clear error)."""
+a worker lost mid-block is replaced by a clean retry (or a clear error), and an unreachable or lost
+scheduler is one line that says what the store keeps."""
 
 import functools
 import os
 import time
+import types
 
 import numpy as np
 import pytest
 from conftest import probit_gaussian, random_unet_sampler
 
 import mcdiff
-from mcdiff.executors import DaskExecutor
+from mcdiff import cli
+from mcdiff.executors import DaskExecutor, LocalExecutor, SchedulerLost
 
 distributed = pytest.importorskip("distributed")
 
@@ -197,3 +200,90 @@ def test_worker_processes_killed_mid_block(tmp_path):
         )
         with pytest.raises(RuntimeError, match=r"block \[0, 16\) of design 'amc' killed every worker"):
             mcdiff.estimate(functools.partial(probit_model), [_die_in(None)], **{**run, "n_evals": 16})
+
+
+class LosingExecutor(LocalExecutor):
+    """A stand-in for a DaskExecutor whose scheduler goes away after ``keep`` blocks: it raises
+    what :class:`DaskExecutor` raises then (tested against a fake client below)."""
+
+    def __init__(self, address="tcp://scheduler:8786", keep=1):
+        super().__init__()
+        self.address, self.keep = address, keep
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def evaluate(self, *args):
+        for k, item in enumerate(super().evaluate(*args)):
+            if k == self.keep:
+                raise SchedulerLost(
+                    f"lost the Dask scheduler at {self.address} during the run (scheduler-connection-lost)"
+                )
+            yield item
+
+
+LOST_RUN = dict(statistics=["brightness"], designs=["amc"], n_evals=128, batch_size=16, progress=False)
+
+
+def test_a_scheduler_lost_mid_run_says_the_store_resumes_and_it_resumes_bit_identically(tmp_path):
+    store = tmp_path / "s"
+    whole = mcdiff.estimate(probit_model(), **LOST_RUN)
+    with pytest.raises(SchedulerLost, match=(
+        r"^lost the Dask scheduler at tcp://scheduler:8786 during the run \(scheduler-connection-lost\); "
+        rf"every finished block is kept in store '{store}': rerun with the same store \(--store\) once the "
+        r"scheduler is back and the run resumes, bit-identical to an uninterrupted one$"
+    )):
+        mcdiff.estimate(probit_model(), executor=LosingExecutor(keep=3), store=store, **LOST_RUN)
+    assert len(list(store.rglob("*.npz"))) == 3
+    assert mcdiff.estimate(probit_model(), store=store, **LOST_RUN).identical(whole)
+
+
+def test_a_scheduler_lost_mid_run_without_a_store_says_the_work_is_lost():
+    with pytest.raises(SchedulerLost, match=r"the evaluations done so far are lost \(no store\): give a store "
+                       r"\(store=DIR, mcdiff estimate --store DIR\)"):
+        mcdiff.estimate(probit_model(), executor=LosingExecutor(), **LOST_RUN)
+
+
+@pytest.mark.parametrize("store", [True, False], ids=["store", "no-store"])
+def test_the_cli_reports_a_lost_scheduler_in_one_line(tmp_path, capsys, monkeypatch, store):
+    monkeypatch.setattr(cli, "DaskExecutor", LosingExecutor)
+    argv = ["estimate", "--scheduler", "tcp://scheduler:8786", "-n", "64", "--steps", "2", "--designs", "amc",
+            "--batch-size", "16", "-o", str(tmp_path / "r.nc")]
+    code = cli.main(argv + (["--store", str(tmp_path / "s")] if store else []))
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert "mcdiff estimate: error: lost the Dask scheduler at tcp://scheduler:8786" in err
+    assert ("rerun with the same store (--store)" if store else "lost (no store)") in err
+    assert not (tmp_path / "r.nc").exists()
+
+
+def test_the_dask_executor_turns_a_cancelled_future_of_a_lost_scheduler_into_scheduler_lost():
+    """A fake client: its futures raise what distributed raises once the client gave up
+    reconnecting (seen with a real ``dask scheduler`` process killed mid-run)."""
+    from distributed.client import FutureCancelledError
+
+    class LostFuture:
+        def result(self):
+            raise FutureCancelledError("describe-1", reason="scheduler-connection-lost")
+
+    class LostClient:
+        scheduler = types.SimpleNamespace(address="tcp://gone:8786")
+        status = "closed"
+
+        def submit(self, *args, **kwargs):
+            return LostFuture()
+
+    with pytest.raises(SchedulerLost, match=r"^lost the Dask scheduler at tcp://gone:8786 during the run "
+                       r"\(scheduler-connection-lost\)$"):
+        DaskExecutor(LostClient()).describe(functools.partial(probit_model))
+
+
+def test_an_unreachable_scheduler_fails_fast_in_one_line(evaluations):
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match=r"^cannot reach the Dask scheduler at 'tcp://127.0.0.1:1' within "
+                       r"1 s \(\w+\): start it \(dask scheduler\) or correct the address$"):
+        DaskExecutor("tcp://127.0.0.1:1", connect_timeout=1)
+    assert time.perf_counter() - start < 10 and evaluations == []

@@ -117,6 +117,11 @@ def _nan_at_addresses_3_and_7(images):
         ({"seed": -3}, "seed must be a non-negative integer"),
         ({"statistics": [_nan_at_addresses_3_and_7]}, r"not finite \(NaN or inf\) at evaluations \[3, 7\]"),
         ({"statistics": [lambda im: im[:3, 0, 0, 0]]}, "returned shape \\(3,\\) for a batch of 16"),
+        ({"statistics": [mcdiff.Statistic("label", lambda im: ["a"] * len(im))]},
+         "statistic 'label' returned values of dtype <U1; it must return real numbers"),
+        ({"statistics": [mcdiff.Statistic("thing", lambda im: [object()] * len(im))]},
+         "statistic 'thing' returned values of dtype object"),
+        ({"seed": 2**63}, "seed must be a non-negative integer below 2\\*\\*63"),
     ],
 )
 def test_bad_input_is_refused(probit_model, kwargs, match):
@@ -128,3 +133,10 @@ def test_bad_input_is_refused(probit_model, kwargs, match):
 def test_sampler_with_wrong_output_shape_is_refused():
     with pytest.raises(ValueError, match=r"returned images of shape \(16, 1, 4, 5\); expected .* \(16, 1, 4, 4\)"):
         mcdiff.estimate(_WrongShape(), n_evals=16, designs=["mc"], progress=False)
+
+
+@pytest.mark.parametrize("model", [None, 3, "gaussian"])
+def test_a_model_that_is_no_sampler_is_refused_before_any_evaluation(model, evaluations):
+    with pytest.raises(ValueError, match="a model must be a Sampler \\(an object with noise_spec and sample"):
+        mcdiff.estimate(model, n_evals=16, progress=False)
+    assert evaluations == []

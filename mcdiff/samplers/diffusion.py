@@ -34,6 +34,15 @@ from mcdiff.samplers.schedulers import (
     step_parameters,
 )
 
+UNET_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin.index.json",
+)
+"""Weight files of a diffusers ``unet/`` folder that :meth:`DiffusionSampler.from_pretrained`
+loads (one file, or the index of a sharded checkpoint); the first is what diffusers writes."""
+
 SCHEDULERS: dict[str, type[SchedulerMixin]] = {
     "DDIMScheduler": DDIMScheduler,
     "DDPMScheduler": DDPMScheduler,
@@ -334,9 +343,17 @@ class DiffusionSampler(Sampler):
                 f"{str(path)!r} holds a {unet_class}; DiffusionSampler runs UNet2DModel only "
                 "(load a latent or text-conditioned pipeline with diffusers and use PipelineSampler)"
             )
+        if not any((root / "unet" / name).is_file() for name in UNET_WEIGHTS):
+            raise ValueError(
+                f"{str(path)!r} has unet/config.json but no weights: expected "
+                f"{str(root / 'unet' / UNET_WEIGHTS[0])!r} (or {', '.join(UNET_WEIGHTS[1:])} in unet/)"
+            )
         stored = json.loads(scheduler_config.read_text())
         scheduler_type = scheduler_class(scheduler or stored.get("_class_name", "<no _class_name>"))
-        unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, low_cpu_mem_usage=False)
+        try:
+            unet = UNet2DModel.from_pretrained(root / "unet", local_files_only=True, low_cpu_mem_usage=False)
+        except (OSError, ValueError) as err:  # damaged or partial weights
+            raise ValueError(f"cannot load the UNet of {str(path)!r}: {' '.join(str(err).split())}") from None
         return cls(
             unet,
             scheduler_type.from_config(stored),
