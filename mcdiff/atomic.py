@@ -65,7 +65,7 @@ def is_disk_full(err: BaseException, path: Path) -> bool:
 def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` by calling ``write(tmp)`` and renaming ``tmp`` into place once it is on disk.
 
-    ``tmp`` is a hidden sibling of ``path`` with the same suffix (``.name.PID.tmp.nc``);
+    ``tmp`` is a hidden sibling of ``path`` ending in the same suffix (``.r.nc.PID.tmp.nc``);
     ``write`` may create a file or a directory there. Everything under ``tmp`` is fsynced
     before the rename, and the directory after it.
 
@@ -77,8 +77,8 @@ def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
         Any other error of ``write`` propagates, after the same cleanup.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    aside = path.with_name(f".{path.stem}.{os.getpid()}.old{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    aside = path.with_name(f".{path.name}.{os.getpid()}.old{path.suffix}")
     try:
         write(tmp)
         _fsync_tree(tmp)

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mcdiff.atomic import replace_atomically
 from mcdiff.functionals import check_finite, same_probe
 from mcdiff.writer_lock import WriterLock
 
@@ -173,7 +174,8 @@ class ResultStore:
             with store._writing("writing fingerprint.json"):
                 if marker.exists():  # another writer created it between our check and our lock
                     raise StoreError(f"store {str(path)!r} was created by another run meanwhile; run again")
-                _write_atomic(marker, json.dumps(fingerprint, indent=1, sort_keys=True).encode())
+                text = json.dumps(fingerprint, indent=1, sort_keys=True)
+                replace_atomically(marker, lambda tmp: tmp.write_text(text))
         for design in fingerprint.get("designs", {}):
             store._scan(design)
         return store
@@ -203,7 +205,7 @@ class ResultStore:
                 probe.write_bytes(b"")
                 probe.unlink()
             for leftover in itertools.chain(
-                self.path.glob(".fingerprint.json.*.tmp"), *(f.glob(".*.tmp") for f in folders)
+                self.path.glob(".fingerprint.json.*.tmp*"), *(f.glob(".*.tmp*") for f in folders)
             ):
                 leftover.unlink(missing_ok=True)  # left by a killed writer: this one holds the lock
 
@@ -224,7 +226,7 @@ class ResultStore:
         if err.errno in (errno.ENOSPC, errno.EDQUOT):
             usage = shutil.disk_usage(self.path if self.path.exists() else self.path.parent)
             return StoreError(
-                f"store {str(self.path)!r} is full: {doing} failed ({err.strerror}; {usage.free / 2**20:.2f} MiB "
+                f"store {str(self.path)!r} is full: {doing} failed ({os.strerror(err.errno)}; {usage.free / 2**20:.2f} MiB "
                 f"free of {usage.total / 2**20:.2f} MiB); the blocks already written are kept: free space "
                 "and run again to resume"
             )
@@ -295,15 +297,12 @@ class ResultStore:
             if len(array) != stop - start:
                 raise ValueError(f"{name[5:]!r} has {len(array)} rows for block [{start}, {stop})")
         self.lock()
-        tmp = folder / f".{start}-{stop}.npz.{os.getpid()}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                np.savez(f, start=start, stop=stop, digest=self.digest, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, folder / f"{start}-{stop}.npz")
+            replace_atomically(
+                folder / f"{start}-{stop}.npz",
+                lambda tmp: np.savez(tmp, start=start, stop=stop, digest=self.digest, **arrays),
+            )
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             raise self._write_error(f"writing block [{start}, {stop}) of design {design!r}", err) from None
         self._index[design][start] = stop
 
@@ -409,12 +408,3 @@ def _load_block(file: Path) -> dict[str, np.ndarray]:
     raise ValueError(
         f"block file {str(file)!r} is damaged or not a block file ({reason}); delete it to recompute it"
     )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -24,6 +24,7 @@ RANK = {
     "mcdiff.estimators": 3,
     "mcdiff.inverse": 3,
     "mcdiff.writer_lock": 3,
+    "mcdiff.atomic": 3,
     "mcdiff.results": 4,
     "mcdiff.store": 4,
     "mcdiff.plots": 4,
