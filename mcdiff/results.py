@@ -259,7 +259,7 @@ def load_result(path: str | Path) -> xr.DataTree:
     ------
     ValueError
         One line naming the file when it is missing, cannot be read (truncated, not NetCDF or
-        Zarr), has no :data:`RECORD` (not written by :func:`save_result` of mcdiff >= 0.2.1),
+        Zarr), has no :data:`RECORD` (not written by :func:`save_result` of mcdiff >= 0.3.0),
         or differs from its record: a group or variable missing, other dims or shape, or
         values whose SHA-256 differs.
     """
@@ -283,7 +283,7 @@ def load_result(path: str | Path) -> xr.DataTree:
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise ValueError(
             f"result {str(path)!r} has no {RECORD_FORMAT} record: it was not written (or not finished) "
-            "by mcdiff.save_result of mcdiff >= 0.2.1; xarray.open_datatree reads it unchecked"
+            "by mcdiff.save_result of mcdiff >= 0.3.0; xarray.open_datatree reads it unchecked"
         )
     problems = _differences(record["variables"], _record(tree)["variables"])
     if problems:
