@@ -27,9 +27,60 @@ MODEL_HELP = f"{', '.join(MODELS)}, or a diffusers model directory"
 RESULT_HELP = f"result file: {', '.join(RESULT_SUFFIXES)}"
 
 
-def _add_estimate(sub) -> None:
-    p = sub.add_parser("estimate", help="estimate statistics with CIs under several noise designs")
-    p.add_argument("--model", default="gaussian", help=f"model to sample: {MODEL_HELP}")
+class _RenamedOption(argparse.Action):
+    """An option's former name: one line naming the new one, exit status 2."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: error: {option_string} is now {self.new}", file=sys.stderr)
+        parser.exit(2)
+
+
+def _parent(*adders) -> argparse.ArgumentParser:
+    """A parent parser of options shared by several sub-commands, each declared once below."""
+    parent = argparse.ArgumentParser(add_help=False)
+    for add in adders:
+        add(parent)
+    return parent
+
+
+def _model_options(p) -> None:
+    p.add_argument("--model", default="gaussian", help=f"model: {MODEL_HELP}")
+
+
+def _run_options(p) -> None:
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluations per network call (default 256)")
+
+
+def _confidence_option(p) -> None:
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+
+
+def _solver_option(p) -> None:
+    p.add_argument(
+        "--solver", choices=SUPPORTED_SCHEDULERS, metavar="SCHEDULER",
+        help="a diffusers scheduler to sample with instead of the default (DDIM; diagnose: DDIM and DDPM): "
+        + ", ".join(SUPPORTED_SCHEDULERS),
+    )
+    p.add_argument("--sampler", action=_RenamedOption, new="--solver")
+
+
+def _dask_options(p) -> None:
+    p.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="Dask scheduler address (tcp://host:8786): run blocks on its workers")
+    p.add_argument("--scheduler", action=_RenamedOption, new="--dask-scheduler")
+
+
+def _add_estimate(sub, parents) -> None:
+    p = sub.add_parser(
+        "estimate", help="estimate statistics with CIs under several noise designs",
+        parents=[parents["model"], parents["run"], parents["confidence"], parents["solver"], parents["dask"]],
+    )
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument(
         "--statistics", nargs="+", choices=list(BUILTIN),
@@ -37,12 +88,7 @@ def _add_estimate(sub) -> None:
     )
     p.add_argument("--designs", nargs="+", default=["mc", "amc", "rqmc"], choices=list(DESIGN_NAMES))
     p.add_argument("-n", "--n-evals", type=int, default=1024, help="evaluations per design")
-    p.add_argument("--ddpm", action="store_true", help="ancestral DDPM sampling instead of DDIM")
-    p.add_argument(
-        "--sampler", choices=SUPPORTED_SCHEDULERS, metavar="SCHEDULER",
-        help="a diffusers scheduler to sample with instead of DDIM (overrides --ddpm): "
-        + ", ".join(SUPPORTED_SCHEDULERS),
-    )
+    p.add_argument("--ddpm", action="store_true", help="ancestral DDPM sampling instead of DDIM (--solver overrides)")
     p.add_argument("--eta", type=float, default=0.0, help="DDIM stochasticity (default 0: deterministic)")
     inverse = p.add_argument_group(
         "inverse problem",
@@ -57,9 +103,6 @@ def _add_estimate(sub) -> None:
     inverse.add_argument("--ground-truth-index", type=int, help="index of the digit (default 0)")
     inverse.add_argument("--measurement-seed", type=int,
                          help="seed of the measurement noise and the random mask (default 0)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-result.nc"), help=RESULT_HELP)
     p.add_argument(
         "--store", type=Path, help="result store directory: blocks are saved as computed; rerun to resume"
@@ -68,7 +111,6 @@ def _add_estimate(sub) -> None:
     p.add_argument("--target-ci-width", type=float, help="stop when CI width <= this (doubling n)")
     p.add_argument("--target-rel-width", type=float, help="stop when CI width <= this · |estimate|")
     p.add_argument("--max-evals", type=int, help="budget cap per design for sequential stopping")
-    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786): run blocks on its workers")
     p.set_defaults(run=_run_estimate)
 
 
@@ -113,7 +155,7 @@ def _estimate_model(model: str, steps: int, scheduler: str, eta: float, problem=
 def _run_estimate(args) -> None:
     check_result_path(args.output)
     problem = _inpainting_problem(args)
-    scheduler = args.sampler or ("DDPMScheduler" if args.ddpm else "DDIMScheduler")
+    scheduler = args.solver or ("DDPMScheduler" if args.ddpm else "DDIMScheduler")
     # a factory: Dask workers build the model
     model = partial(_estimate_model, args.model, args.steps, scheduler, args.eta, problem, args.zeta)
     if problem is None:
@@ -134,10 +176,10 @@ def _run_estimate(args) -> None:
         target_rel_width=args.target_rel_width,
         max_evals=args.max_evals,
     )
-    if args.scheduler:
+    if args.dask_scheduler:
         # a lost scheduler is reported in one line (SchedulerLost); the client's own log of it is noise
         logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
-        with DaskExecutor(args.scheduler) as executor:
+        with DaskExecutor(args.dask_scheduler) as executor:
             result = estimate(model, executor=executor, **options)
     else:
         result = estimate(model, **options)
@@ -150,13 +192,13 @@ def _run_estimate(args) -> None:
     print(f"\nwrote {save_result(result, args.output)}")
 
 
-def _add_multifidelity(sub) -> None:
+def _add_multifidelity(sub, parents) -> None:
     p = sub.add_parser(
         "multifidelity",
         help="estimate statistics at the finest of several step counts with multilevel Monte Carlo "
         "or a control variate, the cheap samplers run on the same noise",
+        parents=[parents["model"], parents["run"], parents["confidence"]],
     )
-    p.add_argument("--model", default="gaussian", help=f"model to sample: {MODEL_HELP}")
     p.add_argument("--fidelities", type=_fidelity, nargs="+", default=[4, 12, 50], metavar="[SOLVER:]STEPS",
                    help="levels coarse to fine (default 4 12 50): step counts of DDIM, strictly increasing, or "
                    "a diffusers scheduler and its step count, e.g. UniPCMultistepScheduler:6 DDIMScheduler:50; "
@@ -174,9 +216,6 @@ def _add_multifidelity(sub) -> None:
     budget.add_argument("--budget-nfe", type=int, help="NFE of the final run, allocated over levels (default 20000)")
     budget.add_argument("-n", "--n-evals", type=int, nargs="+", help="evaluations per level instead of a budget")
     p.add_argument("--pilot", type=int, default=64, help="evaluations per level of the pilot run (default 64)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-multifidelity.nc"),
                    help=f"{RESULT_HELP}; with several methods, one file per method (suffix -mlmc, -cv)")
     p.set_defaults(run=_run_multifidelity)
@@ -224,21 +263,21 @@ def _run_multifidelity(args) -> None:
         print(f"\nwrote {save_result(result, outputs[method])}\n")
 
 
-def _diagnose_samplers(model: str, steps: int, ddpm: bool, sampler: str | None = None) -> dict:
-    """``{"ddim": DDIM, "ddpm": ancestral DDPM}`` samplers of one model, or ``{sampler: that scheduler}``."""
-    if sampler is not None:
-        return {sampler: load_model(model, steps, scheduler=sampler)}
+def _diagnose_samplers(model: str, steps: int, ddpm: bool, solver: str | None = None) -> dict:
+    """``{"ddim": DDIM, "ddpm": ancestral DDPM}`` samplers of one model, or ``{solver: that scheduler}``."""
+    if solver is not None:
+        return {solver: load_model(model, steps, scheduler=solver)}
     schedulers = {"ddim": "DDIMScheduler", **({"ddpm": "DDPMScheduler"} if ddpm else {})}
     return {name: load_model(model, steps, scheduler=scheduler) for name, scheduler in schedulers.items()}
 
 
-def _add_diagnose(sub) -> None:
+def _add_diagnose(sub, parents) -> None:
     p = sub.add_parser(
         "diagnose",
         help="check why antithetic noise works (or not) on a model: pair and trajectory "
         "correlations, affine antisymmetry, diversity",
+        parents=[parents["model"], parents["run"], parents["solver"]],
     )
-    p.add_argument("--model", default="gaussian", help=f"model to diagnose: {MODEL_HELP}")
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument("--n-pairs", type=int, default=64, help="antithetic and independent pairs (64 each)")
     p.add_argument("--probes", type=int, default=8, help="trajectories probed by the antisymmetry test")
@@ -250,16 +289,10 @@ def _add_diagnose(sub) -> None:
         help="also run DDPM (whole noise path negated) beside DDIM (default: yes)",
     )
     p.add_argument(
-        "--sampler", choices=SUPPORTED_SCHEDULERS, metavar="SCHEDULER",
-        help="diagnose this diffusers scheduler alone instead of DDIM and DDPM",
-    )
-    p.add_argument(
         "--lpips",
         type=Path,
         help="local LPIPS TorchScript file (see mcdiff.diagnostics.load_lpips); skipped without it",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-diagnose"), help="report directory")
     p.set_defaults(run=_run_diagnose)
 
@@ -274,7 +307,7 @@ def _check_report_directory(path: Path) -> None:
 
 def _run_diagnose(args) -> None:
     _check_report_directory(args.output)
-    samplers = _diagnose_samplers(args.model, args.steps, args.ddpm, args.sampler)
+    samplers = _diagnose_samplers(args.model, args.steps, args.ddpm, args.solver)
     lpips = load_lpips(args.lpips) if args.lpips is not None else None
     tree = diagnose(
         samplers,
@@ -458,10 +491,17 @@ def _run_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcdiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    parents = {
+        "model": _parent(_model_options),
+        "run": _parent(_run_options),
+        "confidence": _parent(_confidence_option),
+        "solver": _parent(_solver_option),
+        "dask": _parent(_dask_options),
+    }
     _add_demo(sub)
-    _add_estimate(sub)
-    _add_multifidelity(sub)
-    _add_diagnose(sub)
+    _add_estimate(sub, parents)
+    _add_multifidelity(sub, parents)
+    _add_diagnose(sub, parents)
     _add_train(sub)
     _add_bench(sub)
     return parser

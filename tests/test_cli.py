@@ -9,7 +9,7 @@ import time
 import pytest
 
 import mcdiff
-from mcdiff.cli import find_run_all, main
+from mcdiff.cli import build_parser, find_run_all, main
 from mcdiff.models import bundled_path
 
 
@@ -71,7 +71,7 @@ def _broken_model(tmp_path, weights: bytes | None):
         (["estimate", "--model", "{model}"], r"has unet/config.json but no weights: expected '.*/unet/"
                                              r"diffusion_pytorch_model.safetensors'"),
         (["estimate", "--model", "{damaged}"], r"cannot load the UNet of '.*/model': .*safetensors"),
-        (["estimate", "--scheduler", "tcp://127.0.0.1:1"],
+        (["estimate", "--dask-scheduler", "tcp://127.0.0.1:1"],
          r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:1' within 5 s"),
         (["multifidelity", "--fidelities", "2", "4", "-n", "64", "16", "--method", "mlmc", "cv",
           "-o", "{tmp}/out.txt"], r"must end in \.nc.*got '.*/out-mlmc.txt'"),
@@ -102,6 +102,31 @@ def test_a_user_error_is_one_line_and_exit_2_before_any_evaluation(tmp_path, cap
     assert evaluations == []  # refused before the first sampler call
     assert time.perf_counter() - start < 30  # the unreachable scheduler: a 5 s connect timeout, not 30 s
     assert not list(tmp_path.glob("*.nc")) and not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, new",
+    [
+        (["estimate", "--sampler", "DDPMScheduler"], "--solver"),
+        (["diagnose", "--sampler", "DDPMScheduler"], "--solver"),
+        (["estimate", "--scheduler", "tcp://127.0.0.1:8786"], "--dask-scheduler"),
+    ],
+)
+def test_a_former_option_name_is_one_line_naming_the_new_one(capsys, evaluations, argv, new):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and evaluations == []
+    assert err == f"mcdiff {argv[0]}: error: {argv[1]} is now {new}\n"
+
+
+def test_shared_options_are_declared_once_and_mean_the_same_everywhere():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for option, names in {"--seed": ("estimate", "multifidelity", "diagnose"),
+                          "--solver": ("estimate", "diagnose"), "--confidence": ("estimate", "multifidelity")}.items():
+        helps = {commands[n]._option_string_actions[option].help for n in names}
+        assert len(helps) == 1, (option, helps)
 
 
 def test_a_full_disk_while_saving_is_one_line_naming_the_file_and_the_free_space(tiny_disk, capsys):

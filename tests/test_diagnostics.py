@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import random_unet_sampler
+from small_models import random_unet_sampler
 
 import mcdiff
 from mcdiff import diagnostics

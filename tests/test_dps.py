@@ -8,7 +8,7 @@ approximation error can be measured there; the tiny random UNet checks the sampl
 import numpy as np
 import pytest
 import torch
-from conftest import random_unet_sampler
+from small_models import random_unet_sampler
 from diffusers import DDPMScheduler
 
 import mcdiff
@@ -243,6 +243,11 @@ def test_bad_dps_input_is_refused():
         mcdiff.DPSSampler.from_sampler(base, operator, torch.full((1, 8, 8), float("nan")), 0.5)
     with pytest.raises(ValueError, match="probit"):
         mcdiff.DPSSampler.from_sampler(mcdiff.GaussianSampler(output="probit"), operator, y, 0.5)
+    from mcdiff.samplers.diffusion import predicted_original_sample
+
+    x = torch.zeros(1, 1, 8, 8)  # an unknown prediction type is refused, not read as v-prediction
+    with pytest.raises(ValueError, match="prediction_type 'flow' of DDPMScheduler .* known: epsilon, sample"):
+        predicted_original_sample(DDPMScheduler(prediction_type="flow"), x, torch.tensor(10), x)
     with pytest.raises(ValueError, match="does not match"):  # a ground truth of the wrong size
         mcdiff.InpaintingProblem(np.zeros((1, 4, 4)), mcdiff.box_mask((1, 8, 8), 0.25))
 

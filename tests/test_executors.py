@@ -10,7 +10,7 @@ import types
 
 import numpy as np
 import pytest
-from conftest import probit_gaussian, random_unet_sampler
+from small_models import probit_gaussian, random_unet_sampler
 
 import mcdiff
 from mcdiff import cli
@@ -250,7 +250,7 @@ def test_a_scheduler_lost_mid_run_without_a_store_says_the_work_is_lost():
 @pytest.mark.parametrize("store", [True, False], ids=["store", "no-store"])
 def test_the_cli_reports_a_lost_scheduler_in_one_line(tmp_path, capsys, monkeypatch, store):
     monkeypatch.setattr(cli, "DaskExecutor", LosingExecutor)
-    argv = ["estimate", "--scheduler", "tcp://scheduler:8786", "-n", "64", "--steps", "2", "--designs", "amc",
+    argv = ["estimate", "--dask-scheduler", "tcp://scheduler:8786", "-n", "64", "--steps", "2", "--designs", "amc",
             "--batch-size", "16", "-o", str(tmp_path / "r.nc")]
     code = cli.main(argv + (["--store", str(tmp_path / "s")] if store else []))
     err = capsys.readouterr().err

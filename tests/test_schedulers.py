@@ -7,7 +7,7 @@ import sys
 import diffusers
 import pytest
 import torch
-from conftest import random_unet_sampler
+from small_models import random_unet_sampler
 from diffusers import UNet2DModel
 
 import mcdiff

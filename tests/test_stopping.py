@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import probit_gaussian
+from small_models import probit_gaussian
 
 import mcdiff
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_unet_sampler
+from small_models import random_unet_sampler
 from test_store import RUN, CountingSampler
 
 import mcdiff

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,10 +61,16 @@ the whole sampler is affine in its noise. :class:`DiffusionSampler` itself runs 
 scheduler in :data:`~mcdiff.samplers.schedulers.SUPPORTED_SCHEDULERS`.
 """
 
-EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""``eps(x_t, t) -> predicted noise``, both ``(B, C, H, W)``."""
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+"""What a network may predict (a scheduler's ``prediction_type``) for :func:`predicted_original_sample`."""
 
-__all__ = ["SUPPORTED_SCHEDULERS", "DiffusionSampler", "check_num_inference_steps", "predicted_original_sample"]
+__all__ = [
+    "PREDICTION_TYPES",
+    "SUPPORTED_SCHEDULERS",
+    "DiffusionSampler",
+    "check_num_inference_steps",
+    "predicted_original_sample",
+]
 
 
 def default_device() -> torch.device:
@@ -120,10 +126,16 @@ def predicted_original_sample(
         v_prediction:  x0_hat = sqrt(a_t) x_t - sqrt(1 - a_t) v          (Salimans and Ho 2022, sec. 4)
 
     For a network trained on ``epsilon`` this is ``E[x_0 | x_t]`` (Tweedie's formula), exactly
-    so for the exact score of :class:`~mcdiff.samplers.gaussian.GaussianSampler`.
+    so for the exact score of :class:`~mcdiff.samplers.gaussian.GaussianSampler`. Any other
+    ``prediction_type`` raises ``ValueError``.
     """
     alpha_prod_t = scheduler.alphas_cumprod[t]
-    prediction_type = scheduler.config.prediction_type
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(
+            f"prediction_type {prediction_type!r} of {type(scheduler).__name__} is not one mcdiff can "
+            f"turn into x0_hat; known: {', '.join(PREDICTION_TYPES)}"
+        )
     if prediction_type == "epsilon":
         return (sample - (1 - alpha_prod_t) ** 0.5 * model_output) / alpha_prod_t**0.5
     if prediction_type == "sample":
