@@ -102,8 +102,9 @@ def _centroid(images: torch.Tensor) -> torch.Tensor:
     y = (torch.arange(height, dtype=lum.dtype, device=lum.device) + 0.5) / height
     x = (torch.arange(width, dtype=lum.dtype, device=lum.device) + 0.5) / width
     total = lum.sum(dim=(-2, -1))
-    cy = (lum.sum(dim=-1) * y).sum(dim=-1) / total
-    cx = (lum.sum(dim=-2) * x).sum(dim=-1) / total
+    black = total == 0
+    cy = torch.where(black, 0.5, (lum.sum(dim=-1) * y).sum(dim=-1) / torch.where(black, 1, total))
+    cx = torch.where(black, 0.5, (lum.sum(dim=-2) * x).sum(dim=-1) / torch.where(black, 1, total))
     return torch.stack([cy, cx], dim=-1)
 
 
@@ -118,7 +119,8 @@ contrast = Statistic("contrast", _contrast, dims=())
 
 centroid = Statistic("centroid", _centroid, dims=("axis",), coords={"axis": ["y", "x"]})
 """Intensity-weighted centroid ``(sum_p L_p y_p, sum_p L_p x_p) / sum_p L_p``, pixel centres
-at ``(i + 0.5) / H`` so coordinates lie in [0, 1]."""
+at ``(i + 0.5) / H`` so coordinates lie in [0, 1]; an all-black image (``sum_p L_p = 0``, as
+photo models make of night sky) has the centre ``(0.5, 0.5)``, a uniform image's centroid."""
 
 BUILTIN = {s.name: s for s in (brightness, pixel_mean, contrast, centroid)}
 
