@@ -10,10 +10,11 @@ that generates each component on the sampler's device when the sampler asks for 
 initial noise before the first step, each step's injected noise at that step, so memory is
 O(batch x one image) whatever the number of steps. Pseudo-random coordinates come from
 Philox4x32-10 keyed by ``(seed, design, stream)`` with the counter ``(position, step,
-component)`` (:func:`mcdiff.noise.standard_normal`); RQMC's Sobol' coordinates, the small part
-(at most :data:`SOBOL_MAX_DIM` per evaluation), are computed once per batch: the Sobol' points
-and their inverse normal CDF on the CPU, their nested scrambling (integer hashing, the dear
-part) on the sampler's device.
+component)`` (:func:`mcdiff.noise.philox.standard_normal`); RQMC's Sobol' coordinates, the small
+part (at most :data:`~mcdiff.noise.sobol.SOBOL_MAX_DIM` per evaluation), are computed once per
+batch: the Sobol' points and their inverse normal CDF on the CPU, their nested scrambling
+(integer hashing, the dear part) on the sampler's device. A design decides which streams
+and points an evaluation gets; the noise engine (:mod:`mcdiff.noise`) generates them.
 
 What is identical where: the 32-bit Philox words are integer arithmetic and the same on every
 device, and so are the scrambled Sobol' integers; the normals made from them (``log``,
@@ -38,54 +39,17 @@ name           class                        group
 
 from __future__ import annotations
 
-import functools
 import math
-import warnings
 from abc import ABC, abstractmethod
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.special import ndtri
-from scipy.stats import qmc
 
-from mcdiff.noise import (
-    Noise,
-    NoiseSpec,
-    _mix64,
-    _shift_right,
-    as_words,
-    component_id,
-    key_words,
-    standard_normal,
-    stream_keys,
-)
-
-SOBOL_MAX_DIM = 21201
-"""The largest dimension of scipy's Sobol' direction numbers."""
-
-_SOBOL_BITS = 30
-
-CHUNK_VALUES = {"cpu": 2**18, "accelerator": 2**23}
-"""How many values one pass of elementwise integer work covers, by device.
-
-:class:`DesignNoise` generates this many noise values per batch at once when a sampler steps
-through time, and :func:`_nested_scramble` hashes this many tree nodes (30 levels of a piece
-of Sobol' coordinates) at once. On the CPU a chunk's integer work stays in the L2 cache
-(``2^16`` Philox blocks, 512 KiB per word; ``2^18`` values generated an evaluation's DDPM-1000
-noise 10-15% faster than ``2^17`` at a batch of 16, by fewer tensor operations, and ``2^19``
-no faster); on a GPU (any other device type) each of the generator's ~130 tensor operations
-is a kernel launch, so a chunk spans several steps of a large batch (``2^23`` values, 32 MiB
-in float32; about 250 MiB at the generator's peak, measured on the CPU) and the launches are
-paid once a chunk, not once a step. The values do not depend on the chunk (every operation
-is elementwise).
-"""
-
-
-def _chunk_values(device: torch.device) -> int:
-    return CHUNK_VALUES["cpu" if device.type == "cpu" else "accelerator"]
-
+from mcdiff.noise.batch import DesignNoise, NoiseSpec, Streams
+from mcdiff.noise.philox import stream_keys
+from mcdiff.noise.sobol import SOBOL_MAX_DIM, scrambled_points
 
 _TAGS = {"mc": 0, "amc": 1, "rqmc": 2, "amc-rqmc": 3}
 _STREAM_KEY = 1 << 16
@@ -147,7 +111,7 @@ class Design(ABC):
 
     @abstractmethod
     def _streams(self, seed: int, addresses: np.ndarray, n_evals: int) -> Streams:
-        """The pseudo-random streams of ``addresses`` (:class:`Streams`)."""
+        """The pseudo-random streams of ``addresses`` (:class:`~mcdiff.noise.batch.Streams`)."""
 
     def _leading(
         self, dim: int, seed: int, addresses: np.ndarray, n_evals: int, device: torch.device
@@ -185,7 +149,10 @@ class Design(ABC):
         self.check_n(n_evals)
         if not 0 <= start <= stop <= n_evals:
             raise ValueError(f"addresses [{start}, {stop}) are outside [0, {n_evals})")
-        return DesignNoise(self, spec, seed, start, stop, n_evals, torch.device(device), dtype, ahead)
+        device, dim, addresses = torch.device(device), noise_dim(spec), np.arange(start, stop)
+        streams = self._streams(seed, addresses, n_evals)
+        leading = self._leading(dim, seed, addresses, n_evals, device)
+        return DesignNoise(spec, streams, device, dtype, self._basis(dim), leading, ahead)
 
     def draw(
         self, spec: NoiseSpec, seed: int, start: int, stop: int, n_evals: int
@@ -306,7 +273,7 @@ class SobolRQMC(Design):
 
     .. math:: a'_k = a_k \oplus \pi_{j,k}(a_1, \dots, a_{k-1}),
 
-    with the coins drawn by a keyed hash (see :func:`_nested_scramble`). Each replicate is
+    with the coins drawn by a keyed hash (see :func:`~mcdiff.noise.sobol.nested_scramble`). Each replicate is
     still a (t, m, s)-net, every point is uniform on the 2^-30 grid, and for smooth
     integrands the replicate mean is asymptotically normal (Loh 2003), so the t-interval
     over a few replicates is calibrated. ``scramble="lms"`` is scipy's linear matrix
@@ -317,7 +284,7 @@ class SobolRQMC(Design):
     With ``antithetic=True`` every point ``u`` is followed by its reflection ``1 - u``; since
     the cell centres are symmetric, the partner's noise is exactly ``-z``.
 
-    Sobol' points exist for at most :data:`SOBOL_MAX_DIM` coordinates. For larger noise
+    Sobol' points exist for at most :data:`~mcdiff.noise.sobol.SOBOL_MAX_DIM` coordinates. For larger noise
     (``basis="auto"`` then picks ``"dct"``) the noise is written in an orthonormal DCT-II
     basis per component, coordinates ordered low spatial frequency first and components in
     declared order; the leading ``max_dim`` coordinates get Sobol' points and the rest get
@@ -333,7 +300,7 @@ class SobolRQMC(Design):
     basis : {"auto", "pixel", "dct"}
         Coordinates the Sobol' points are laid on.
     max_dim : int
-        How many leading coordinates get Sobol' points (at most :data:`SOBOL_MAX_DIM`).
+        How many leading coordinates get Sobol' points (at most :data:`~mcdiff.noise.sobol.SOBOL_MAX_DIM`).
     scramble : {"nested", "lms"}
         Owen's nested uniform scramble, or linear matrix scrambling plus a digital shift.
     points_per_replicate : int, optional
@@ -493,276 +460,11 @@ class SobolRQMC(Design):
         for r in np.unique(points // per_replicate):
             rows = np.flatnonzero(points // per_replicate == r)
             k = points[rows] - r * per_replicate
-            u = self._unit_points(lead, _rng(seed, tag, int(r), 0), int(k[0]), int(k[-1] - k[0] + 1), device)
+            rng = _rng(seed, tag, int(r), 0)
+            u = scrambled_points(lead, rng, int(k[0]), int(k[-1] - k[0] + 1), self.scramble, device)
             out[rows] = ndtri(u)[k - k[0]]
         out[reflected] *= -1.0
         return out
-
-    def _unit_points(
-        self, dim: int, rng: np.random.Generator, first: int, count: int, device: torch.device
-    ) -> np.ndarray:
-        """Points ``first .. first + count - 1`` of one scrambled replicate, centred in their cells.
-
-        Both scrambles keep every replicate a (t, m, s)-net; each point is moved to the centre
-        of its cell of width 2^-30, so ``1 - u`` is again a cell centre.
-        """
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # balance needs 2^m: we use 2^m
-            engine = qmc.Sobol(d=dim, scramble=self.scramble == "lms", bits=_SOBOL_BITS, seed=rng)
-            if first:
-                engine.fast_forward(first)
-            if self.scramble == "lms":
-                u = engine.random(count)
-            else:
-                key = int(rng.integers(0, 2**64, dtype=np.uint64))
-                ints = (engine.random(count) * 2.0**_SOBOL_BITS).astype(np.uint64)
-                u = _nested_scramble(ints, key, device) * 2.0**-_SOBOL_BITS
-        return u + 2.0 ** -(_SOBOL_BITS + 1)
-
-
-def _nested_scramble(points: np.ndarray, key: int, device: torch.device) -> np.ndarray:
-    r"""Owen's nested uniform scramble of ``bits``-bit integer points, one keyed hash per node.
-
-    Write coordinate ``j`` of a point as ``x = sum_k a_k 2^(b-k)`` with ``b = _SOBOL_BITS``
-    bits ``a_1 .. a_b`` (most significant first). The scrambled point has bits
-
-    .. math:: a'_k = a_k \oplus \pi_{j,k}(a_1, \dots, a_{k-1}),
-
-    where every node ``(j, k, a_1 .. a_{k-1})`` of the binary tree gets its own random bit
-    ``pi``: the top bit of ``splitmix64(splitmix64((j, k, prefix)) ^ key)``. Distinct nodes
-    hash distinct 64-bit words, so for a uniform random ``key`` the bits behave as the
-    independent fair coins of nested uniform scrambling, truncated at ``b`` bits (the
-    randomisation below ``2^-b`` is the cell centring of the caller).
-
-    The hashes (about 900 integer operations per coordinate) run as torch integer operations
-    on ``device``, all levels of a piece of :data:`CHUNK_VALUES` nodes at once: on a GPU this
-    is the cheap part of a batch. The words are the same on every device.
-
-    Parameters
-    ----------
-    points : array (n, d) of uint64
-        Unscrambled points, each coordinate an integer in ``[0, 2^b)``.
-    key : int
-        Random 64-bit key of the replicate.
-    device : torch.device
-        Where to hash.
-
-    Returns
-    -------
-    array (n, d) of uint64
-        The scrambled integers.
-    """
-    bits = _SOBOL_BITS
-    words = as_words(points).to(device).reshape(-1)
-    level = torch.arange(1, bits + 1, device=device, dtype=torch.int64)[:, None]  # k, on axis 0
-    key64 = int(as_words(key))
-    size = max(1, _chunk_values(device) // bits)
-    out = torch.empty_like(words)
-    for first in range(0, len(words), size):  # every level of `size` coordinates at once: (bits, size) nodes
-        x = words[first : first + size]
-        column = torch.arange(first, first + len(x), device=device, dtype=torch.int64) % max(1, points.shape[1])
-        node = (x >> (bits + 1 - level)) | (level << bits) | (column << (bits + 5))
-        coin = _shift_right(_mix64(_mix64(node) ^ key64), 63)
-        out[first : first + size] = x ^ (coin << (bits - level)).sum(0)  # distinct bits: the sum is an OR
-    return np.ascontiguousarray(out.reshape(points.shape).cpu().numpy()).view(np.uint64)
-
-
-@dataclass(frozen=True)
-class Streams:
-    """The pseudo-random streams of a batch: evaluation ``b`` reads stream ``index[b]``, negated if ``negate[b]``.
-
-    ``keys`` ``(U,)`` are the 64-bit Philox keys of the distinct streams (an antithetic pair
-    shares one); ``index`` ``(B,)`` defaults to one stream per evaluation, ``negate`` to none.
-    """
-
-    keys: np.ndarray
-    index: np.ndarray | None = None
-    negate: np.ndarray | None = None
-
-
-def _frame_layout(shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    """Per-step frame shape and frame count of a component: frames are its last three axes.
-
-    A component ``(T, C, H, W)`` is ``T`` frames ``(C, H, W)``, drawn one at a time; one of
-    three axes or fewer is a single frame.
-    """
-    frame = tuple(shape[-3:])
-    return frame, math.prod(shape[:-3])
-
-
-def _coordinate_ranks(shape: tuple[int, ...], basis: str) -> tuple[np.ndarray, np.ndarray]:
-    """Rank of every coordinate of frame ``f`` in the component's coordinate order: ``base + f · stride``.
-
-    ``"pixel"``: the flat index. ``"dct"``: the position of the coefficient when the
-    component's coefficients are listed lowest spatial frequency ``h + w`` first (over its
-    last two axes), ties in flat order (step, channel, h). With ``P`` positions before the
-    spatial axes and ``N(f)``, ``M(f)`` the numbers of ``(h, w)`` with ``h + w < f``,
-    ``h + w = f``, coefficient ``(o, h, w)`` has rank ``P N(h + w) + o M(h + w) + h - h_min``.
-
-    Returns
-    -------
-    base, stride : int64 arrays of the frame's shape
-    """
-    frame, _ = _frame_layout(shape)
-    size = math.prod(frame)
-    if basis == "pixel" or len(shape) < 2:
-        return np.arange(size).reshape(frame), np.full(frame, size)
-    height, width = shape[-2:]
-    h, w = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    frequency = (h + w).ravel()
-    per_frequency = np.bincount(frequency, minlength=height + width - 1)
-    below = np.concatenate([[0], np.cumsum(per_frequency)[:-1]])
-    h_min = np.maximum(0, np.arange(height + width - 1) - (width - 1))
-    outer, outer_per_frame = math.prod(shape[:-2]), math.prod(frame[:-2])
-    within = (h.ravel() - h_min[frequency]).reshape(height, width)
-    count, first = per_frequency[frequency].reshape(height, width), below[frequency].reshape(height, width)
-    channel = np.arange(outer_per_frame).reshape(*frame[:-2], 1, 1)
-    return outer * first + channel * count + within, np.broadcast_to(outer_per_frame * count, frame).copy()
-
-
-def _inverse_dct(coefficients: torch.Tensor, axes: int) -> torch.Tensor:
-    """Orthonormal inverse DCT-II of the last ``axes`` (1 or 2) axes: maps N(0, I) to N(0, I).
-
-    ``x_n = sum_k s_k c_k cos(pi (2n + 1) k / 2N)`` with ``s_0 = sqrt(1/N)``, ``s_k = sqrt(2/N)``.
-    Since ``cos(pi (2(N-1-n) + 1) k / 2N) = (-1)^k cos(pi (2n + 1) k / 2N)``, the even-``k`` and
-    odd-``k`` sums ``E_n``, ``O_n`` over the first half of the positions give both halves,
-    ``x_n = E_n + O_n`` and ``x_{N-1-n} = E_n - O_n``: half the arithmetic of the direct sum. Each
-    sum runs term by term in ``k`` order with elementwise operations on the tensor's own
-    device, so that each value is the same whatever the batch (a matrix product's summation
-    order may depend on its shape). The coefficients are laid out ``k`` first, so that a term
-    is one contiguous slab times one basis value per position ``n``.
-    """
-    for axis in range(-axes, 0):
-        moved = torch.movedim(coefficients, axis, 0)
-        n, rest, half = moved.shape[0], moved.shape[1:], (moved.shape[0] + 1) // 2
-        terms = moved.reshape(n, 1, -1).contiguous()  # (k, 1, everything else)
-        basis = _dct_matrix(n, terms.device, terms.dtype)[:, :half, None]  # (k, n, 1)
-        even, odd = (terms.new_zeros((half, terms.shape[-1])) for _ in range(2))
-        for k in range(n):
-            (odd if k % 2 else even).addcmul_(terms[k], basis[k])
-        mirrored = (even - odd)[: n // 2].flip(0)
-        coefficients = torch.movedim(torch.cat([even.add_(odd), mirrored]).reshape(n, *rest), 0, axis)
-    return coefficients
-
-
-@functools.lru_cache(maxsize=16)
-def _dct_matrix(n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The orthonormal DCT-II matrix ``(k, n)``: row ``k`` is ``s_k cos(pi (2n + 1) k / 2N)``."""
-    k = np.arange(n)
-    basis = np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * np.sqrt(2 / n)
-    basis[0] /= np.sqrt(2)
-    return torch.from_numpy(basis).to(device=device, dtype=dtype)
-
-
-class DesignNoise(Noise):
-    """The noise of a batch of addresses under one design, generated when a sampler asks for it.
-
-    Made by :meth:`Design.noise`. Pseudo-random values come from Philox streams keyed by the
-    design (:class:`Streams`); the leading Sobol' coordinates of RQMC designs, computed when
-    this object is made, replace their share of them; the DCT basis is undone last.
-
-    ``noise.step("steps", i)`` generates the frames of steps ``i, i + 1, ...`` together, as
-    many whole steps as fill :data:`CHUNK_VALUES` values for the batch on its device (one
-    step when a step alone is larger), keeps them until a step outside them is asked for,
-    and hands out step ``i``: memory is bounded by two chunks, whatever the number of steps,
-    and small batches pay the per-operation cost of the generator once a chunk instead of
-    once a step. With an executor ``ahead``, the chunk after the one in use is generated on
-    its thread while the sampler runs, so that where a processor is free (or the device
-    queues the work) the sampler does not wait for its noise; the values are the same.
-    """
-
-    def __init__(self, design, spec, seed, start, stop, n_evals, device, dtype, ahead: Executor | None = None):
-        if not dtype.is_floating_point:
-            raise ValueError(f"noise dtype must be floating point, got {dtype}")
-        self.spec = {name: tuple(int(s) for s in shape) for name, shape in spec.items()}
-        self.device, self.dtype, self.batch = device, dtype, stop - start
-        dim = noise_dim(self.spec)
-        addresses = np.arange(start, stop)
-        self.streams = design._streams(seed, addresses, n_evals)
-        self.basis = design._basis(dim)
-        self._leading_values = design._leading(dim, seed, addresses, n_evals, device)
-        self._leading_tensor: torch.Tensor | None = None
-        self._ranks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        offsets = np.cumsum([0] + [math.prod(s) for s in self.spec.values()])
-        self._offsets = dict(zip(self.spec, offsets.tolist()))
-        self._key = key_words(self.streams.keys, device)
-        self._chunk: tuple[str, int, torch.Tensor] | None = None
-        self._ahead, self._pending = ahead, None
-        self._index = None if self.streams.index is None else torch.from_numpy(self.streams.index).to(device)
-        self._sign = (
-            None
-            if self.streams.negate is None or not self.streams.negate.any()
-            else torch.from_numpy(np.where(self.streams.negate, -1.0, 1.0)).to(device=device, dtype=dtype)
-        )
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        shape = self._shape(name)
-        _, count = _frame_layout(shape)
-        return self._frames(name, np.arange(count)).reshape(self.batch, *shape)
-
-    def step(self, name: str, index: int) -> torch.Tensor:
-        shape = self._step_shape(name, index)
-        if len(shape) < 4:
-            return super().step(name, index)
-        per_step = math.prod(shape[1:-3])
-        first, last = index * per_step, (index + 1) * per_step
-        held, start, frames = self._chunk or (None, 0, None)
-        if held != name or not start <= first < last <= start + frames.shape[1]:
-            start, frames = first, self._chunk_from(name, first)
-            self._chunk = (name, start, frames)
-            following = start + frames.shape[1]
-            if self._ahead is not None and following < _frame_layout(shape)[1]:
-                self._pending = (name, following, self._ahead.submit(self._make_chunk, name, following))
-        return frames[:, first - start : last - start].reshape(self.batch, *shape[1:])
-
-    def _chunk_from(self, name: str, first: int) -> torch.Tensor:
-        """The chunk that starts at frame ``first``: the one made ahead if it is that one."""
-        pending, self._pending = self._pending, None
-        if pending is not None and pending[:2] == (name, first) and not pending[2].cancel():
-            return pending[2].result()  # running or done: its work is the work needed
-        return self._make_chunk(name, first)
-
-    def _make_chunk(self, name: str, first: int) -> torch.Tensor:
-        """As many whole steps from frame ``first`` as fill :data:`CHUNK_VALUES` (at least one)."""
-        shape = self.spec[name]
-        per_step, (frame, count) = math.prod(shape[1:-3]), _frame_layout(shape)
-        steps = max(1, _chunk_values(self.device) // (self.batch * math.prod(frame) * per_step))
-        return self._frames(name, np.arange(first, min(count, first + steps * per_step)))
-
-    def _frames(self, name: str, frames: np.ndarray) -> torch.Tensor:
-        """Frames ``frames`` of component ``name``: ``(B, len(frames), *frame)``."""
-        shape = self.spec[name]
-        frame, _ = _frame_layout(shape)
-        size = math.prod(frame)
-        lead = 0 if self._leading_values is None else self._leading_values.shape[1]
-        rank = chosen = None
-        if lead:
-            if name not in self._ranks:
-                self._ranks[name] = tuple(r.reshape(1, -1) for r in _coordinate_ranks(shape, self.basis))
-            base, stride = self._ranks[name]
-            rank = self._offsets[name] + base + frames[:, None] * stride
-            chosen = rank < lead  # the coordinates that get Sobol' values
-        if chosen is not None and chosen.all():
-            z = torch.empty((self.batch, len(frames), size), device=self.device, dtype=self.dtype)
-        else:
-            z = standard_normal(self._key, component_id(name), torch.from_numpy(frames), size, self.dtype)
-            if self._index is not None:
-                z = z[self._index]
-            if self._sign is not None:
-                z = z * self._sign[:, None, None]
-        if chosen is not None and chosen.any():
-            sobol = self._leading()[:, torch.from_numpy(rank[chosen]).to(self.device)]
-            z[:, torch.from_numpy(chosen).to(self.device)] = sobol
-        z = z.reshape(self.batch, len(frames), *frame)
-        if self.basis == "dct" and len(shape):
-            z = _inverse_dct(z, min(len(shape), 2))
-        return z
-
-    def _leading(self) -> torch.Tensor:
-        """The leading Sobol' coordinates ``(B, lead)`` on the device, moved there on first use."""
-        if self._leading_tensor is None:
-            self._leading_tensor = torch.from_numpy(self._leading_values).to(device=self.device, dtype=self.dtype)
-        return self._leading_tensor
 
 
 DESIGN_NAMES = ("mc", "amc", "rqmc", "amc-rqmc")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-import mcdiff.designs
+import mcdiff.noise.chunks
 from mcdiff.designs import Antithetic, MonteCarlo, SobolRQMC, get_design, noise_dim
 
 SPEC = {"x_T": (1, 2, 2), "steps": (3, 1, 2, 2)}
@@ -93,22 +93,22 @@ def test_nested_scramble_is_its_definition_in_exact_integers():
     """Bit k of coordinate j flips by the top bit of splitmix64(splitmix64(node) ^ key), node
     = (j << 35) | (k << 30) | prefix: the torch integer words equal Python's exact integers,
     chunked or not."""
-    from mcdiff.designs import _SOBOL_BITS, _nested_scramble
+    from mcdiff.noise.sobol import SOBOL_BITS, nested_scramble
 
     rng = np.random.default_rng(7)
-    points = rng.integers(0, 2**_SOBOL_BITS, size=(5, 9), dtype=np.uint64)
+    points = rng.integers(0, 2**SOBOL_BITS, size=(5, 9), dtype=np.uint64)
     key = int(rng.integers(0, 2**64, dtype=np.uint64))
     expected = np.empty_like(points)
     for (i, j), x in np.ndenumerate(points):
-        x, b, flips = int(x), _SOBOL_BITS, 0
+        x, b, flips = int(x), SOBOL_BITS, 0
         for k in range(1, b + 1):
             node = (x >> (b - k + 1)) | (k << b) | (j << (b + 5))
             flips |= (_splitmix64(_splitmix64(node) ^ key) >> 63) << (b - k)
         expected[i, j] = x ^ flips
-    np.testing.assert_array_equal(_nested_scramble(points, key, torch.device("cpu")), expected)
+    np.testing.assert_array_equal(nested_scramble(points, key, torch.device("cpu")), expected)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(mcdiff.designs.CHUNK_VALUES, "cpu", 9)  # one coordinate at a time
-        np.testing.assert_array_equal(_nested_scramble(points, key, torch.device("cpu")), expected)
+        patch.setitem(mcdiff.noise.chunks.CHUNK_VALUES, "cpu", 9)  # one coordinate at a time
+        np.testing.assert_array_equal(nested_scramble(points, key, torch.device("cpu")), expected)
 
 
 def test_nested_scramble_gives_nets_uniform_in_every_coordinate():

@@ -1,4 +1,5 @@
-"""The layers' one-way rule of ARCHITECTURE.md: no import upwards, no import circle in mcdiff/.
+"""The layers' one-way rule of ARCHITECTURE.md: no import upwards, no import circle in mcdiff/,
+and no module using another's private names.
 
 Every ``import`` and ``from ... import`` of an ``mcdiff`` module anywhere in a file (also
 inside functions, where a circle could hide) is an edge of the import graph.
@@ -14,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mcdiff"
 # Lower ranks may not import higher ones. Equal ranks may import each other, as long as the
 # graph has no circle.
 RANK = {
-    "mcdiff.noise": 0,
-    "mcdiff.designs": 0,
+    "mcdiff.noise": 0,  # the noise engine, a subpackage ranked as a whole: it knows no design
+    "mcdiff.designs": 1,
     "mcdiff.data": 0,
     "mcdiff.samplers": 1,
     "mcdiff.functionals": 2,
@@ -43,16 +44,62 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def module_trees() -> dict[str, ast.Module]:
+    """The syntax tree of every module of mcdiff/, by module name."""
+    return {module_name(path): ast.parse(path.read_text()) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
 def import_graph() -> dict[str, set[str]]:
     graph = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for module, tree in module_trees().items():
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(tree):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
             deps |= {n for n in names if n == "mcdiff" or n.startswith("mcdiff.")}
-        graph[module_name(path)] = deps - {module_name(path)}
+        graph[module] = deps - {module}
     return graph
+
+
+def is_private(name: str) -> bool:
+    """``_name``, not ``__dunder__``."""
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_uses(trees: dict[str, ast.Module]) -> list[str]:
+    """Private names one module takes from another: ``from mcdiff.x import _y``, or ``x._y``
+    on a name bound to another mcdiff module (``import mcdiff.x as x``, ``from mcdiff import x``,
+    ``mcdiff.x._y``). Relative imports are not used in mcdiff and are not read."""
+    found = []
+    for here, tree in trees.items():
+        modules = {}  # local name -> the mcdiff module it is bound to
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.split(".")[0] == "mcdiff":
+                        modules[alias.asname or "mcdiff"] = alias.name if alias.asname else "mcdiff"
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mcdiff":
+                for alias in node.names:
+                    if f"{node.module}.{alias.name}" in trees:
+                        modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    elif is_private(alias.name) and node.module != here:
+                        found.append(f"{here} line {node.lineno}: from {node.module} import {alias.name}")
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain, value = [node.attr], node.value
+            while isinstance(value, ast.Attribute):
+                chain, value = [value.attr, *chain], value.value
+            if not isinstance(value, ast.Name) or value.id not in modules:
+                continue
+            module = modules[value.id]
+            for attr in chain:  # down the submodules, to the first name that is not one
+                if f"{module}.{attr}" not in trees:
+                    if is_private(attr) and module != here:
+                        found.append(f"{here} line {node.lineno}: {module}.{attr}")
+                    break
+                module = f"{module}.{attr}"
+    return sorted(set(found))
 
 
 def rank(module: str) -> int:
@@ -110,6 +157,27 @@ def test_no_import_goes_up_a_layer():
 
 def test_no_import_circle():
     assert find_circle(import_graph()) is None
+
+
+def test_no_module_uses_another_modules_private_names():
+    uses = private_uses(module_trees())
+    assert not uses, "make these names public in the module that owns them:\n" + "\n".join(uses)
+
+
+@pytest.mark.parametrize(
+    "source, found",
+    [
+        ("from mcdiff.b import _y, z", ["mcdiff.a line 1: from mcdiff.b import _y"]),
+        ("import mcdiff.b as b\nb._y()", ["mcdiff.a line 2: mcdiff.b._y"]),
+        ("import mcdiff\nmcdiff.b._y", ["mcdiff.a line 2: mcdiff.b._y"]),
+        ("from mcdiff import b\nb._y", ["mcdiff.a line 2: mcdiff.b._y"]),
+        ("import mcdiff.b\nmcdiff.b.__doc__, mcdiff.b.y._z, self._y", []),
+        ("from mcdiff.a import _y", []),
+    ],
+)
+def test_the_private_name_finder_finds_private_names(source, found):
+    trees = {"mcdiff.a": ast.parse(source), "mcdiff.b": ast.parse("")}
+    assert private_uses(trees) == found
 
 
 @pytest.mark.parametrize(

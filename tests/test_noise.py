@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 
 import mcdiff
-import mcdiff.designs
+import mcdiff.noise.chunks
 from mcdiff.blocks import evaluate_design
 from mcdiff.designs import Antithetic, MonteCarlo, SobolRQMC
 from mcdiff.functionals import pixel_mean
@@ -210,7 +210,7 @@ def test_step_noise_made_a_chunk_ahead_on_another_thread_is_the_same(design, mon
     """Chunks of 1, 2 and 3 steps, each made ahead on a worker while the one before is used."""
     reference = design.noise(SPEC, 5, 0, 8, 8)["steps"]
     for steps_per_chunk in (1, 2, 3):
-        monkeypatch.setitem(mcdiff.designs.CHUNK_VALUES, "cpu", steps_per_chunk * 8 * 16)
+        monkeypatch.setitem(mcdiff.noise.chunks.CHUNK_VALUES, "cpu", steps_per_chunk * 8 * 16)
         with ThreadPoolExecutor(max_workers=1) as pool:
             noise = design.noise(SPEC, 5, 0, 8, 8, ahead=pool)
             for i in [0, 1, 2, 3, 4, 2, 3, 0, 4]:  # in order, then out of order
@@ -218,7 +218,7 @@ def test_step_noise_made_a_chunk_ahead_on_another_thread_is_the_same(design, mon
 
 
 def test_prefetching_step_noise_changes_no_value(monkeypatch):
-    monkeypatch.setitem(mcdiff.designs.CHUNK_VALUES, "cpu", 2 * 16 * 16)  # 2 steps a chunk
+    monkeypatch.setitem(mcdiff.noise.chunks.CHUNK_VALUES, "cpu", 2 * 16 * 16)  # 2 steps a chunk
     sampler = mcdiff.GaussianSampler(image_shape=(1, 4, 4), num_inference_steps=7, scheduler="DDPMScheduler")
     args = (sampler, [pixel_mean], SobolRQMC(replicates=4, antithetic=True, max_dim=40), 64, 3, 16)
     plain = evaluate_design(*args, prefetch=False)["pixel_mean"]

@@ -1,16 +1,11 @@
-"""Noise as a sampler receives it: one batch of evaluations, each component drawn when asked.
+"""The counter-based generator: Philox4x32-10 words, splitmix64 stream keys, Box-Muller normals.
 
-A sampler is handed a :class:`Noise` for a batch of ``B`` evaluations. It reads a whole
-component as ``noise["x_T"]`` ``(B, *shape)`` and a per-step component one step at a time as
-``noise.step("steps", i)`` ``(B, *shape[1:])``, at the step that needs it, so a batch never
-holds more than one step's noise. :class:`TensorNoise` wraps noise the caller already has
-(tensors ``{name: (B, *shape)}``); the designs (:mod:`mcdiff.designs`) hand samplers noise
-that is generated on the sampler's device when asked, from the counter-based generator here.
-
-The generator is Philox4x32-10 (Salmon et al. 2011), evaluated with integer tensor
-operations, so the same key and counter give the same 32-bit words on every device; a
-``(key, counter)`` pair is the whole state, so any value is computed without the values
-before it. :func:`standard_normal` turns the words into N(0, 1) by the Box-Muller transform.
+Philox4x32-10 (Salmon et al. 2011) is evaluated with integer tensor operations, so the same
+key and counter give the same 32-bit words on every device; a ``(key, counter)`` pair is the
+whole state, so any value is computed without the values before it. A stream's key is a
+splitmix64 hash of ``(seed, *index)`` (:func:`stream_keys`), a component's counter word the
+CRC-32 of its name (:func:`component_id`), and :func:`standard_normal` turns the words into
+N(0, 1) by the Box-Muller transform.
 
 References
 ----------
@@ -22,13 +17,9 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
-
-NoiseSpec = Mapping[str, tuple[int, ...]]
-"""Per-evaluation noise shapes by component name, as a sampler declares them."""
 
 GENERATOR = "philox4x32-10, Box-Muller (float32; float64 for float64 samplers)"
 """How pseudo-random noise is generated (recorded in a store's fingerprint)."""
@@ -90,20 +81,20 @@ _GOLDEN = 0x9E3779B97F4A7C15 - 2**64
 """splitmix64's multipliers and increment as the int64 numbers with their bits."""
 
 
-def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+def unsigned_shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
     """Logical right shift of int64 tensors that hold uint64 bits (torch's ``>>`` is arithmetic)."""
     return (x >> bits) & ((1 << (64 - bits)) - 1)
 
 
-def _mix64(x: torch.Tensor) -> torch.Tensor:
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
     """The splitmix64 finaliser, a bijection of 64-bit words that mixes every bit into all bits.
 
     On int64 tensors holding uint64 bits: shifts are logical and products wrap modulo 2^64
     (see :func:`philox4x32`), so the words are those of the unsigned algorithm on any device.
     """
-    x = (x ^ _shift_right(x, 30)) * _SPLITMIX[0]
-    x = (x ^ _shift_right(x, 27)) * _SPLITMIX[1]
-    return x ^ _shift_right(x, 31)
+    x = (x ^ unsigned_shift_right(x, 30)) * _SPLITMIX[0]
+    x = (x ^ unsigned_shift_right(x, 27)) * _SPLITMIX[1]
+    return x ^ unsigned_shift_right(x, 31)
 
 
 def as_words(values: int | np.ndarray) -> torch.Tensor:
@@ -121,7 +112,7 @@ def stream_keys(seed: int, *index: int | np.ndarray) -> np.ndarray:
     base = as_words(np.random.SeedSequence(seed).generate_state(1, np.uint64)[0])
     key = base.expand(np.broadcast_shapes(*(np.shape(i) for i in index)))
     for word in index:
-        key = _mix64(key ^ _mix64(as_words(word) + _GOLDEN))
+        key = splitmix64(key ^ splitmix64(as_words(word) + _GOLDEN))
     return key.numpy().view(np.uint64)
 
 
@@ -189,55 +180,3 @@ def standard_normal(
     z = torch.stack([radius * torch.cos(u2), radius * torch.sin(u2)], dim=-1)
     # word order: (z0, z1) from (w0, w1), then (z2, z3) from (w2, w3)
     return z.reshape(*z.shape[:2], -1)[..., :size].to(dtype)
-
-
-class Noise(Mapping):
-    """The noise of one batch of evaluations: ``noise[name]`` whole, ``noise.step(name, i)`` per step.
-
-    A mapping from component name to tensor ``(B, *shape)`` (so ``dict(noise)`` holds all of
-    it), plus :meth:`step`, which gives index ``i`` of a component's first axis
-    ``(B, *shape[1:])`` without forming the rest. Samplers that step through time call
-    :meth:`step` at each step, so their memory does not grow with the number of steps.
-    """
-
-    spec: dict[str, tuple[int, ...]]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.spec)
-
-    def __len__(self) -> int:
-        return len(self.spec)
-
-    def step(self, name: str, index: int) -> torch.Tensor:
-        """Index ``index`` of the first axis of component ``name``: ``(B, *shape[1:])``."""
-        self._step_shape(name, index)
-        return self[name][:, index]
-
-    def _step_shape(self, name: str, index: int) -> tuple[int, ...]:
-        """The shape of component ``name``, checked to have a step ``index``."""
-        shape = self._shape(name)
-        if not shape or not 0 <= index < shape[0]:
-            raise IndexError(f"noise component {name!r} of shape {shape} has no step {index}")
-        return shape
-
-    def _shape(self, name: str) -> tuple[int, ...]:
-        if name not in self.spec:
-            raise KeyError(f"no noise component {name!r}; this noise has {list(self.spec)}")
-        return self.spec[name]
-
-
-class TensorNoise(Noise):
-    """Noise the caller already holds: ``{name: tensor (B, *shape)}``."""
-
-    def __init__(self, tensors: Mapping[str, torch.Tensor]):
-        self.tensors = dict(tensors)
-        self.spec = {name: tuple(t.shape[1:]) for name, t in self.tensors.items()}
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        self._shape(name)
-        return self.tensors[name]
-
-
-def as_noise(noise: Noise | Mapping[str, torch.Tensor]) -> Noise:
-    """``noise`` itself if it is a :class:`Noise`, else its tensors wrapped in :class:`TensorNoise`."""
-    return noise if isinstance(noise, Noise) else TensorNoise(noise)
