@@ -64,7 +64,7 @@ def evaluate_design(
     the sampler is not on the CPU, or torch uses fewer threads than there are processors)
     the next batch's CPU part, RQMC's Sobol' points, is computed on a second thread while
     the current batch runs, and each batch's step noise is generated one chunk ahead of
-    the sampler (:class:`~mcdiff.designs.DesignNoise`); the values are the same.
+    the sampler (:class:`~mcdiff.noise.batch.DesignNoise`); the values are the same.
     """
     step = batch_size - batch_size % design.unit
     first, last = start, n_evals if stop is None else stop
