@@ -102,19 +102,20 @@ class DesignNoise(Noise):
 
     Made by :meth:`mcdiff.designs.Design.noise`. Pseudo-random values come from the Philox
     streams the design keyed (:class:`Streams`); the leading coordinates the design computed
-    beforehand (RQMC's Sobol' normals), ``leading`` ``(B, lead)``, replace coordinates of rank
-    below ``lead`` in the coordinate order of ``basis`` (:func:`~mcdiff.noise.basis.coordinate_ranks`,
-    components in declared order); in the DCT basis the inverse DCT is applied last.
+    beforehand (RQMC's Sobol' normals), ``leading`` ``(B, lead)``, replace the coordinates of
+    rank below ``lead`` in the coordinate order of ``basis`` (``"pixel"`` or ``"dct"``;
+    :func:`~mcdiff.noise.basis.coordinate_ranks`, components in declared order); in the DCT
+    basis the inverse DCT is applied last.
 
     ``noise.step("steps", i)`` generates the frames of steps ``i, i + 1, ...`` together, as
     many whole steps as fill :data:`~mcdiff.noise.chunks.CHUNK_VALUES` values for the batch
-    on its device (one
-    step when a step alone is larger), keeps them until a step outside them is asked for,
-    and hands out step ``i``: memory is bounded by two chunks, whatever the number of steps,
-    and small batches pay the per-operation cost of the generator once a chunk instead of
-    once a step. With an executor ``ahead``, the chunk after the one in use is generated on
-    its thread while the sampler runs, so that where a processor is free (or the device
-    queues the work) the sampler does not wait for its noise; the values are the same.
+    on its device (one step when a step alone is larger), keeps them until a step outside
+    them is asked for, and hands out step ``i``: memory is bounded by two chunks, whatever
+    the number of steps, and small batches pay the per-operation cost of the generator once
+    a chunk instead of once a step. With an executor ``ahead``, the chunk after the one in
+    use is generated on its thread while the sampler runs, so that where a processor is free
+    (or the device queues the work) the sampler does not wait for its noise; the values are
+    the same.
     """
 
     def __init__(

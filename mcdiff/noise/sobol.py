@@ -1,14 +1,9 @@
-r"""Scrambled Sobol' points: Owen's nested uniform scramble (keyed hashes) or LMS plus a shift.
+"""Scrambled Sobol' points: Owen's nested uniform scramble by keyed hashes, or LMS plus a shift.
 
-:func:`scrambled_points` gives points of one randomized replicate of a Sobol' sequence,
-each moved to the centre of its cell of width ``2^-SOBOL_BITS``, so that no coordinate is 0
-or 1 and ``1 - u`` is again a cell centre. The nested scramble flips bit ``k`` of
-coordinate ``j`` by an independent fair coin per node of the tree of leading bits,
-
-.. math:: a'_k = a_k \oplus \pi_{j,k}(a_1, \dots, a_{k-1}),
-
-the coins drawn by splitmix64 hashes (:func:`nested_scramble`); ``"lms"`` is scipy's linear
-matrix scramble with a digital shift (:class:`scipy.stats.qmc.Sobol`).
+:func:`scrambled_points` gives points of one randomized replicate of a Sobol' sequence, each
+moved to the centre of its cell of width ``2^-SOBOL_BITS``, so that no coordinate is 0 or 1
+and ``1 - u`` is again a cell centre; :func:`nested_scramble` is the nested scramble of
+integer points, hashed on the sampler's device.
 
 References
 ----------
