@@ -39,7 +39,7 @@ import xarray as xr
 from mcdiff.blocks import evaluate_design
 from mcdiff.designs import Antithetic, Design, MonteCarlo, check_seed
 from mcdiff.functionals import pixel_mean
-from mcdiff.results import mcdiff_version
+from mcdiff.results import mcdiff_version, text_table
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.diffusion import DiffusionSampler
 
@@ -604,7 +604,8 @@ def format_report(tree: xr.DataTree) -> str:
         cells = [p["correlation"].sel(pairing=k, centring=c) for c in CENTRINGS for k in PAIRINGS]
         cells += [p[m].sel(pairing=k) for m in metrics for k in PAIRINGS]
         rows.append([str(name), *(f"{float(v):+.4f}" for v in cells)])
-    lines += ["Pair correlation (pixel-wise Pearson) and diversity, mean over pairs", *_table(header, rows)]
+    lines += ["Pair correlation (pixel-wise Pearson) and diversity, mean over pairs"]
+    lines += [text_table(header, rows, "right")]
     lines += ["", f"LPIPS {attrs.get('lpips')}"] if "lpips" not in pairs else []
     columns = [(s, v, k) for s in trajectory["sampler"].values for v in ("x_t", "eps") for k in PAIRINGS]
     header = ["timestep", *(f"{v} {k} {s}" for s, v, k in columns)]
@@ -617,18 +618,12 @@ def format_report(tree: xr.DataTree) -> str:
     lines += [
         "",
         "Trajectory correlation between partners (raw, at most 10 steps shown), mean over pairs",
-        *_table(header, rows),
+        text_table(header, rows, "right"),
         "",
         "Affine antisymmetry residual ||eps(x)+eps(-x)-2c_t|| / ||eps(x)||",
-        *_table(["timestep", "residual"], residuals),
+        text_table(["timestep", "residual"], residuals, "right"),
     ]
     return "\n".join(lines)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda row: "  ".join(c.rjust(w) for c, w in zip(row, widths))
-    return [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
 
 
 def save_figures(tree: xr.DataTree, directory: str | Path) -> list[Path]:
