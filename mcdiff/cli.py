@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mcdiff.atomic import check_directory
 from mcdiff.designs import DESIGN_NAMES
-from mcdiff.diagnostics import diagnose, format_report, load_lpips, save_figures
+from mcdiff.diagnostics import diagnose, format_report, load_lpips
 from mcdiff.executors import DaskExecutor
 from mcdiff.functionals import BUILTIN
 from mcdiff.inverse import MASKS, InpaintingProblem, make_mask
@@ -273,6 +273,8 @@ def _check_report_directory(path: Path) -> None:
 
 
 def _run_diagnose(args) -> None:
+    from mcdiff.plots import save_figures
+
     _check_report_directory(args.output)
     samplers = _diagnose_samplers(args.model, args.steps, args.ddpm, args.sampler)
     lpips = load_lpips(args.lpips) if args.lpips is not None else None

@@ -12,9 +12,10 @@ antisymmetric, ``eps(x) + eps(-x) ≈ 2 c_t``. This module measures that, on the
                                 ``||eps(x) + eps(-x) - 2 c_t|| / ||eps(x)||`` per timestep
 :func:`pair_diversity`          SSIM (and LPIPS, given local weights) between partners
 :func:`diagnose`                all of the above as one :class:`xarray.DataTree`
-:func:`format_report`,          a text table and PNG figures of a :func:`diagnose` result
-:func:`save_figures`
+:func:`format_report`           text tables of a :func:`diagnose` result
 ==============================  ============================================================
+
+Its PNG figures are drawn by :func:`mcdiff.plots.save_figures`.
 
 Pairs are drawn by the designs themselves (:class:`~mcdiff.designs.Antithetic` for PN,
 :class:`~mcdiff.designs.MonteCarlo` for RR), so a stochastic sampler's partner negates the
@@ -624,102 +625,3 @@ def format_report(tree: xr.DataTree) -> str:
         text_table(["timestep", "residual"], residuals, "right"),
     ]
     return "\n".join(lines)
-
-
-def save_figures(tree: xr.DataTree, directory: str | Path) -> list[Path]:
-    """Write the PNG figures of a :func:`diagnose` result into ``directory``.
-
-    ``pair_correlation.png`` (histograms PN vs RR, raw and centred, per sampler, means
-    marked), ``diversity.png`` (SSIM, and LPIPS, PN vs RR), ``trajectory_correlation.png``
-    (mean correlation of ``x_t`` and ``eps`` by timestep) and ``antisymmetry.png`` (the
-    curves ``eps(λ x)`` per probed timestep and the residual by timestep).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    pairs = tree["pairs"].to_dataset()
-    trajectory = tree["trajectory"].to_dataset()
-    anti = tree["antisymmetry"].to_dataset()
-    samplers = list(pairs["sampler"].values)
-    colours = {"PN": "tab:red", "RR": "tab:blue"}
-    written = []
-
-    def histograms(panels, filename, title):
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3), squeeze=False)
-        for ax, (label, data) in zip(axes[0], panels):
-            finite = {k: v[np.isfinite(v)] for k in PAIRINGS for v in [data.sel(pairing=k).values]}
-            pooled = np.concatenate(list(finite.values()))
-            low, high = (pooled.min(), pooled.max()) if len(pooled) else (-1.0, 1.0)
-            pad = 0.02 * (high - low) + 1e-3
-            bins = np.linspace(low - pad, high + pad, 31)
-            for k, v in finite.items():
-                mean = f"mean {v.mean():+.3f}" if len(v) else "all NaN"
-                ax.hist(v, bins=bins, alpha=0.55, color=colours[k], label=f"{k} {mean} (n={len(v)})")
-                if len(v):
-                    ax.axvline(v.mean(), color=colours[k], linestyle="--")
-            ax.set_title(label, fontsize=9)
-            ax.legend(fontsize=7)
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        path = directory / filename
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-
-    histograms(
-        [(f"{s}, {c}", pairs["correlation"].sel(sampler=s, centring=c)) for s in samplers for c in CENTRINGS],
-        "pair_correlation.png",
-        "Pixel-wise Pearson correlation within pairs: antithetic (PN) vs independent (RR)",
-    )
-    metrics = [m for m in ("ssim", "lpips") if m in pairs]
-    histograms(
-        [(f"{s}, {m.upper()}", pairs[m].sel(sampler=s)) for s in samplers for m in metrics],
-        "diversity.png",
-        "Similarity of partners: PN vs RR",
-    )
-
-    fig, axes = plt.subplots(1, len(samplers), figsize=(4.5 * len(samplers), 3.2), squeeze=False)
-    for ax, s in zip(axes[0], samplers):
-        for v, style in (("x_t", "-"), ("eps", ":")):
-            for k in PAIRINGS:
-                mean = trajectory[v].sel(sampler=s, pairing=k, centring="raw").mean("pair")
-                ax.plot(trajectory["timestep"].values, mean.values, style, color=colours[k], marker=".",
-                        label=f"{v} {k}")
-        ax.invert_xaxis()
-        ax.set_ylim(-1.05, 1.05)
-        ax.axhline(0, color="grey", linewidth=0.5)
-        ax.set_xlabel("timestep t (sampling runs left to right)")
-        ax.set_ylabel("mean correlation between partners")
-        ax.set_title(s, fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = directory / "trajectory_correlation.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-
-    n_t = anti.sizes["timestep"]
-    fig, axes = plt.subplots(1, n_t + 1, figsize=(2.8 * (n_t + 1), 2.9))
-    for ax, t in zip(axes[:-1], anti["timestep"].values):
-        curves = anti["curve"].sel(timestep=t).isel(probe=0)
-        for p in range(curves.sizes["pixel"]):
-            ax.plot(anti["lambda"].values, curves.isel(pixel=p).values, linewidth=1)
-        ax.axvline(0, color="grey", linewidth=0.5)
-        ax.set_title(f"t = {int(t)}", fontsize=9)
-        ax.set_xlabel("λ")
-    axes[0].set_ylabel("eps(λ x_t) at chosen pixels")
-    axes[-1].plot(anti["timestep"].values, anti["residual"].values, "o-")
-    axes[-1].set_ylim(bottom=0)
-    axes[-1].invert_xaxis()
-    axes[-1].set_title("antisymmetry residual", fontsize=9)
-    axes[-1].set_xlabel("timestep t")
-    fig.tight_layout()
-    path = directory / "antisymmetry.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-    return written
