@@ -323,6 +323,7 @@ def _run_demo(args) -> None:
 
     import torch
 
+    from mcdiff.blocks import sample_images
     from mcdiff.designs import Antithetic
     from mcdiff.plots import demo_figure
 
@@ -339,9 +340,8 @@ def _run_demo(args) -> None:
         f"({args.n_evals * sampler.nfe} network evaluations), seed {args.seed}\n"
     )
     print(format_table(result))
-    noise = Antithetic().draw(sampler.noise_spec, args.seed, 0, 2 * args.pairs, max(4, 2 * args.pairs))
-    with torch.inference_mode():
-        pairs = sampler({k: torch.from_numpy(v).to(sampler.device, sampler.dtype) for k, v in noise.items()})
+    shown = 2 * args.pairs
+    pairs = sample_images(sampler, Antithetic(), max(4, shown), args.seed, shown, stop=shown)
     demo_figure(result, pairs).savefig(args.figure, dpi=120)
     print(f"\nwrote {save_result(result, args.output)} and {args.figure} in {time.perf_counter() - start:.1f} s")
 

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mcdiff.blocks import evaluate_design
+from mcdiff.blocks import sample_images
 from mcdiff.designs import Antithetic, Design, MonteCarlo, check_seed
-from mcdiff.functionals import pixel_mean
+from mcdiff.noise import Noise
 from mcdiff.results import mcdiff_version, text_table
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.diffusion import DiffusionSampler
@@ -61,14 +61,27 @@ def _check_count(name: str, value: int, minimum: int) -> int:
     return int(value)
 
 
-def _pair_noise(sampler: Sampler, n_pairs: int, seed: int) -> dict[str, torch.Tensor]:
-    """Noise ``{name: (4 n_pairs, *shape)}``: n PN pairs then n RR pairs, partners adjacent."""
-    n_evals = 2 * n_pairs
-    parts = [d.draw(sampler.noise_spec, seed, 0, n_evals, n_evals) for d in (Antithetic(), MonteCarlo())]
-    return {
-        name: torch.from_numpy(np.concatenate([p[name] for p in parts])).to(sampler.device, sampler.dtype)
-        for name in sampler.noise_spec
-    }
+class _PairNoise(Noise):
+    """The noise of ``n_pairs`` PN pairs then ``n_pairs`` RR pairs, ``(4 n_pairs, *shape)``, partners adjacent.
+
+    The noise :func:`generate_pairs` samples (evaluations ``0 .. 2 n_pairs - 1`` of
+    :class:`~mcdiff.designs.Antithetic` and of :class:`~mcdiff.designs.MonteCarlo`), made
+    on the sampler's device in its dtype as the sampler reads it, one step at a time.
+    """
+
+    def __init__(self, sampler: Sampler, n_pairs: int, seed: int):
+        spec, n_evals = sampler.noise_spec, 2 * n_pairs
+        self.parts = [
+            design.noise(spec, seed, 0, n_evals, n_evals, device=sampler.device, dtype=sampler.dtype)
+            for design in (Antithetic(), MonteCarlo())
+        ]
+        self.spec = self.parts[0].spec
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return torch.cat([part[name] for part in self.parts])
+
+    def step(self, name: str, index: int) -> torch.Tensor:
+        return torch.cat([part.step(name, index) for part in self.parts])
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -127,10 +140,7 @@ def generate_pairs(sampler: Sampler, n_pairs: int = 64, seed: int = 0, batch_siz
     seed = check_seed(seed)
     batch_size = _check_count("batch_size", batch_size, 2)
     designs: tuple[Design, ...] = (Antithetic(), MonteCarlo())
-    images = [
-        evaluate_design(sampler, [pixel_mean], design, 2 * n_pairs, seed, batch_size)["pixel_mean"]
-        for design in designs
-    ]
+    images = [sample_images(sampler, design, 2 * n_pairs, seed, batch_size) for design in designs]
     data = np.stack(images).reshape(2, n_pairs, 2, *sampler.image_shape)
     return xr.DataArray(
         data,
@@ -365,7 +375,7 @@ def trajectory_correlation(sampler: DiffusionSampler, n_pairs: int = 32, seed: i
     """
     sampler = _check_diffusion(sampler)
     n_pairs = _check_count("n_pairs", n_pairs, 2)
-    noise = _pair_noise(sampler, n_pairs, check_seed(seed))
+    noise = _PairNoise(sampler, n_pairs, check_seed(seed))
     timesteps, x_corr, eps_corr = [], [], []
     with torch.inference_mode():
         for t, x, eps in sampler.trajectory(noise):
@@ -465,10 +475,8 @@ def antisymmetry(
     n_pixels = _check_count("n_pixels", n_pixels, 1)
     seed = check_seed(seed)
     timesteps = _probed_timesteps(sampler, timesteps)
-    noise = {
-        name: torch.from_numpy(z).to(sampler.device, sampler.dtype)
-        for name, z in MonteCarlo().draw(sampler.noise_spec, seed, 0, n_probes, n_probes).items()
-    }
+    spec, device, dtype = sampler.noise_spec, sampler.device, sampler.dtype
+    noise = MonteCarlo().noise(spec, seed, 0, n_probes, n_probes, device=device, dtype=dtype)
     lambdas = np.linspace(-1.0, 1.0, n_lambdas)
     size = math.prod(sampler.image_shape)
     pixels = np.sort(np.random.default_rng(seed).choice(size, size=min(n_pixels, size), replace=False))
