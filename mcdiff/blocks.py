@@ -102,17 +102,23 @@ def evaluate_design(
 
 
 def sample_images(
-    sampler: Sampler, design: Design, n_evals: int, seed: int, batch_size: int, *, start: int = 0, stop: int | None = None
+    sampler: Sampler,
+    design: Design,
+    n_evals: int,
+    seed: int,
+    batch_size: int,
+    *,
+    start: int = 0,
+    stop: int | None = None,
 ) -> np.ndarray:
     """Images ``(stop - start, C, H, W)`` of evaluations ``start .. stop - 1`` of a run of ``n_evals``.
 
-    The images estimation hands its statistics there (:func:`evaluate_design` with
-    :data:`~mcdiff.functionals.pixel_mean`, as float64): the same noise, in the sampler's
-    dtype on its device, and the same batches of ``batch_size``.
+    What estimation hands its statistics at those addresses (:func:`evaluate_design` with
+    :data:`~mcdiff.functionals.pixel_mean`, as float64): the same noise, generated in the
+    sampler's dtype on its device, in batches of ``batch_size``.
     """
-    return evaluate_design(sampler, [pixel_mean], design, n_evals, seed, batch_size, start=start, stop=stop)[
-        "pixel_mean"
-    ]
+    values = evaluate_design(sampler, [pixel_mean], design, n_evals, seed, batch_size, start=start, stop=stop)
+    return values["pixel_mean"]
 
 
 def _one_ahead(pool: Executor, make: Callable, arguments: Sequence[tuple]) -> Iterator:

@@ -62,11 +62,11 @@ def _check_count(name: str, value: int, minimum: int) -> int:
 
 
 class _PairNoise(Noise):
-    """The noise of ``n_pairs`` PN pairs then ``n_pairs`` RR pairs, ``(4 n_pairs, *shape)``, partners adjacent.
+    """Noise ``(4 n_pairs, *shape)``: ``n_pairs`` PN pairs then ``n_pairs`` RR pairs, partners adjacent.
 
     The noise :func:`generate_pairs` samples (evaluations ``0 .. 2 n_pairs - 1`` of
-    :class:`~mcdiff.designs.Antithetic` and of :class:`~mcdiff.designs.MonteCarlo`), made
-    on the sampler's device in its dtype as the sampler reads it, one step at a time.
+    :class:`~mcdiff.designs.Antithetic` and of :class:`~mcdiff.designs.MonteCarlo`),
+    generated on the sampler's device in its dtype as the sampler reads it, a step at a time.
     """
 
     def __init__(self, sampler: Sampler, n_pairs: int, seed: int):

@@ -10,6 +10,7 @@ draws on the axes it is given.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -104,24 +105,24 @@ def save_figures(tree: xr.DataTree, directory: str | Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     pairs = tree["pairs"].to_dataset()
     samplers = list(pairs["sampler"].values)
-    centrings = list(pairs["centring"].values)
-    metrics = [m for m in ("ssim", "lpips") if m in pairs]
-    panels = [(f"{s}, {c}", pairs["correlation"].sel(sampler=s, centring=c)) for s in samplers for c in centrings]
-    return [
-        _save(
-            _histograms(panels, "Pixel-wise Pearson correlation within pairs: antithetic (PN) vs independent (RR)"),
-            directory / "pair_correlation.png",
-        ),
-        _save(
-            _histograms(
-                [(f"{s}, {m.upper()}", pairs[m].sel(sampler=s)) for s in samplers for m in metrics],
-                "Similarity of partners: PN vs RR",
-            ),
-            directory / "diversity.png",
-        ),
-        _save(_trajectory_figure(tree["trajectory"].to_dataset()), directory / "trajectory_correlation.png"),
-        _save(_antisymmetry_figure(tree["antisymmetry"].to_dataset()), directory / "antisymmetry.png"),
+    correlation = [
+        (f"{s}, {c}", pairs["correlation"].sel(sampler=s, centring=c))
+        for s in samplers
+        for c in pairs["centring"].values
     ]
+    metrics = [m for m in ("ssim", "lpips") if m in pairs]
+    diversity = [(f"{s}, {m.upper()}", pairs[m].sel(sampler=s)) for s in samplers for m in metrics]
+    draw = {  # each figure is drawn, written and closed before the next
+        "pair_correlation.png": partial(
+            _histograms,
+            correlation,
+            "Pixel-wise Pearson correlation within pairs: antithetic (PN) vs independent (RR)",
+        ),
+        "diversity.png": partial(_histograms, diversity, "Similarity of partners: PN vs RR"),
+        "trajectory_correlation.png": partial(_trajectory_figure, tree["trajectory"].to_dataset()),
+        "antisymmetry.png": partial(_antisymmetry_figure, tree["antisymmetry"].to_dataset()),
+    }
+    return [_save(figure(), directory / name) for name, figure in draw.items()]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -159,8 +160,8 @@ def _trajectory_figure(trajectory: xr.Dataset) -> Figure:
         for v, style in (("x_t", "-"), ("eps", ":")):
             for k in trajectory["pairing"].values:
                 mean = trajectory[v].sel(sampler=s, pairing=k, centring="raw").mean("pair")
-                ax.plot(trajectory["timestep"].values, mean.values, style, color=PAIRING_COLOURS.get(k), marker=".",
-                        label=f"{v} {k}")
+                timesteps, colour = trajectory["timestep"].values, PAIRING_COLOURS.get(k)
+                ax.plot(timesteps, mean.values, style, color=colour, marker=".", label=f"{v} {k}")
         ax.invert_xaxis()
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0, color="grey", linewidth=0.5)

@@ -364,7 +364,8 @@ def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str 
         raise ValueError(f"align must be one of {TABLE_ALIGNMENTS}, got {align!r}")
     table = [list(header), *(list(row) for row in rows)]
     if any(len(row) != len(header) for row in table):
-        raise ValueError(f"every row must have {len(header)} cells, got {sorted({len(row) for row in table})}")
+        lengths = sorted({len(row) for row in table})
+        raise ValueError(f"every row must have {len(header)} cells, got rows of {lengths}")
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     pad = str.ljust if align == "left" else str.rjust
     lines = ["  ".join(pad(cell, w) for cell, w in zip(row, widths)).rstrip() for row in table]
