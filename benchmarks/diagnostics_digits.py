@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 import mcdiff
-from mcdiff.diagnostics import diagnose, format_report, save_figures
+from mcdiff.diagnostics import diagnose, format_report
+from mcdiff.plots import save_figures
 
 SCHEDULERS = {"ddim": "DDIMScheduler", "ddpm": "DDPMScheduler"}
 

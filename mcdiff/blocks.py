@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mcdiff.designs import Design
-from mcdiff.functionals import Statistic, check_finite
+from mcdiff.functionals import Statistic, check_finite, pixel_mean
 from mcdiff.samplers.base import Sampler
 
 
@@ -99,6 +99,26 @@ def evaluate_design(
                 values[stat.name][lo - first : hi - first] = batch
             on_batch(hi - lo)
         return values
+
+
+def sample_images(
+    sampler: Sampler,
+    design: Design,
+    n_evals: int,
+    seed: int,
+    batch_size: int,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+) -> np.ndarray:
+    """Images ``(stop - start, C, H, W)`` of evaluations ``start .. stop - 1`` of a run of ``n_evals``.
+
+    What estimation hands its statistics at those addresses (:func:`evaluate_design` with
+    :data:`~mcdiff.functionals.pixel_mean`, as float64): the same noise, generated in the
+    sampler's dtype on its device, in batches of ``batch_size``.
+    """
+    values = evaluate_design(sampler, [pixel_mean], design, n_evals, seed, batch_size, start=start, stop=stop)
+    return values["pixel_mean"]
 
 
 def _one_ahead(pool: Executor, make: Callable, arguments: Sequence[tuple]) -> Iterator:

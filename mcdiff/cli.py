@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mcdiff.atomic import check_directory
 from mcdiff.designs import DESIGN_NAMES
-from mcdiff.diagnostics import diagnose, format_report, load_lpips, save_figures
+from mcdiff.diagnostics import diagnose, format_report, load_lpips
 from mcdiff.executors import DaskExecutor
 from mcdiff.functionals import BUILTIN
 from mcdiff.inverse import MASKS, InpaintingProblem, make_mask
@@ -306,6 +306,8 @@ def _check_report_directory(path: Path) -> None:
 
 
 def _run_diagnose(args) -> None:
+    from mcdiff.plots import save_figures
+
     _check_report_directory(args.output)
     samplers = _diagnose_samplers(args.model, args.steps, args.ddpm, args.solver)
     lpips = load_lpips(args.lpips) if args.lpips is not None else None
@@ -354,6 +356,7 @@ def _run_demo(args) -> None:
 
     import torch
 
+    from mcdiff.blocks import sample_images
     from mcdiff.designs import Antithetic
     from mcdiff.plots import demo_figure
 
@@ -370,9 +373,8 @@ def _run_demo(args) -> None:
         f"({args.n_evals * sampler.nfe} network evaluations), seed {args.seed}\n"
     )
     print(format_table(result))
-    noise = Antithetic().draw(sampler.noise_spec, args.seed, 0, 2 * args.pairs, max(4, 2 * args.pairs))
-    with torch.inference_mode():
-        pairs = sampler({k: torch.from_numpy(v).to(sampler.device, sampler.dtype) for k, v in noise.items()})
+    shown = 2 * args.pairs
+    pairs = sample_images(sampler, Antithetic(), max(4, shown), args.seed, shown, stop=shown)
     demo_figure(result, pairs).savefig(args.figure, dpi=120)
     print(f"\nwrote {save_result(result, args.output)} and {args.figure} in {time.perf_counter() - start:.1f} s")
 

@@ -12,9 +12,10 @@ antisymmetric, ``eps(x) + eps(-x) ≈ 2 c_t``. This module measures that, on the
                                 ``||eps(x) + eps(-x) - 2 c_t|| / ||eps(x)||`` per timestep
 :func:`pair_diversity`          SSIM (and LPIPS, given local weights) between partners
 :func:`diagnose`                all of the above as one :class:`xarray.DataTree`
-:func:`format_report`,          a text table and PNG figures of a :func:`diagnose` result
-:func:`save_figures`
+:func:`format_report`           text tables of a :func:`diagnose` result
 ==============================  ============================================================
+
+Its PNG figures are drawn by :func:`mcdiff.plots.save_figures`.
 
 Pairs are drawn by the designs themselves (:class:`~mcdiff.designs.Antithetic` for PN,
 :class:`~mcdiff.designs.MonteCarlo` for RR), so a stochastic sampler's partner negates the
@@ -36,10 +37,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mcdiff.blocks import evaluate_design
+from mcdiff.blocks import sample_images
 from mcdiff.designs import Antithetic, Design, MonteCarlo, check_seed
-from mcdiff.functionals import pixel_mean
-from mcdiff.results import mcdiff_version
+from mcdiff.noise import Noise
+from mcdiff.results import mcdiff_version, text_table
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.diffusion import DiffusionSampler
 
@@ -60,14 +61,27 @@ def _check_count(name: str, value: int, minimum: int) -> int:
     return int(value)
 
 
-def _pair_noise(sampler: Sampler, n_pairs: int, seed: int) -> dict[str, torch.Tensor]:
-    """Noise ``{name: (4 n_pairs, *shape)}``: n PN pairs then n RR pairs, partners adjacent."""
-    n_evals = 2 * n_pairs
-    parts = [d.draw(sampler.noise_spec, seed, 0, n_evals, n_evals) for d in (Antithetic(), MonteCarlo())]
-    return {
-        name: torch.from_numpy(np.concatenate([p[name] for p in parts])).to(sampler.device, sampler.dtype)
-        for name in sampler.noise_spec
-    }
+class _PairNoise(Noise):
+    """Noise ``(4 n_pairs, *shape)``: ``n_pairs`` PN pairs then ``n_pairs`` RR pairs, partners adjacent.
+
+    The noise :func:`generate_pairs` samples (evaluations ``0 .. 2 n_pairs - 1`` of
+    :class:`~mcdiff.designs.Antithetic` and of :class:`~mcdiff.designs.MonteCarlo`),
+    generated on the sampler's device in its dtype as the sampler reads it, a step at a time.
+    """
+
+    def __init__(self, sampler: Sampler, n_pairs: int, seed: int):
+        spec, n_evals = sampler.noise_spec, 2 * n_pairs
+        self.parts = [
+            design.noise(spec, seed, 0, n_evals, n_evals, device=sampler.device, dtype=sampler.dtype)
+            for design in (Antithetic(), MonteCarlo())
+        ]
+        self.spec = self.parts[0].spec
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return torch.cat([part[name] for part in self.parts])
+
+    def step(self, name: str, index: int) -> torch.Tensor:
+        return torch.cat([part.step(name, index) for part in self.parts])
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -126,10 +140,7 @@ def generate_pairs(sampler: Sampler, n_pairs: int = 64, seed: int = 0, batch_siz
     seed = check_seed(seed)
     batch_size = _check_count("batch_size", batch_size, 2)
     designs: tuple[Design, ...] = (Antithetic(), MonteCarlo())
-    images = [
-        evaluate_design(sampler, [pixel_mean], design, 2 * n_pairs, seed, batch_size)["pixel_mean"]
-        for design in designs
-    ]
+    images = [sample_images(sampler, design, 2 * n_pairs, seed, batch_size) for design in designs]
     data = np.stack(images).reshape(2, n_pairs, 2, *sampler.image_shape)
     return xr.DataArray(
         data,
@@ -364,7 +375,7 @@ def trajectory_correlation(sampler: DiffusionSampler, n_pairs: int = 32, seed: i
     """
     sampler = _check_diffusion(sampler)
     n_pairs = _check_count("n_pairs", n_pairs, 2)
-    noise = _pair_noise(sampler, n_pairs, check_seed(seed))
+    noise = _PairNoise(sampler, n_pairs, check_seed(seed))
     timesteps, x_corr, eps_corr = [], [], []
     with torch.inference_mode():
         for t, x, eps in sampler.trajectory(noise):
@@ -464,10 +475,8 @@ def antisymmetry(
     n_pixels = _check_count("n_pixels", n_pixels, 1)
     seed = check_seed(seed)
     timesteps = _probed_timesteps(sampler, timesteps)
-    noise = {
-        name: torch.from_numpy(z).to(sampler.device, sampler.dtype)
-        for name, z in MonteCarlo().draw(sampler.noise_spec, seed, 0, n_probes, n_probes).items()
-    }
+    spec, device, dtype = sampler.noise_spec, sampler.device, sampler.dtype
+    noise = MonteCarlo().noise(spec, seed, 0, n_probes, n_probes, device=device, dtype=dtype)
     lambdas = np.linspace(-1.0, 1.0, n_lambdas)
     size = math.prod(sampler.image_shape)
     pixels = np.sort(np.random.default_rng(seed).choice(size, size=min(n_pixels, size), replace=False))
@@ -604,7 +613,8 @@ def format_report(tree: xr.DataTree) -> str:
         cells = [p["correlation"].sel(pairing=k, centring=c) for c in CENTRINGS for k in PAIRINGS]
         cells += [p[m].sel(pairing=k) for m in metrics for k in PAIRINGS]
         rows.append([str(name), *(f"{float(v):+.4f}" for v in cells)])
-    lines += ["Pair correlation (pixel-wise Pearson) and diversity, mean over pairs", *_table(header, rows)]
+    lines += ["Pair correlation (pixel-wise Pearson) and diversity, mean over pairs"]
+    lines += [text_table(header, rows, "right")]
     lines += ["", f"LPIPS {attrs.get('lpips')}"] if "lpips" not in pairs else []
     columns = [(s, v, k) for s in trajectory["sampler"].values for v in ("x_t", "eps") for k in PAIRINGS]
     header = ["timestep", *(f"{v} {k} {s}" for s, v, k in columns)]
@@ -617,114 +627,9 @@ def format_report(tree: xr.DataTree) -> str:
     lines += [
         "",
         "Trajectory correlation between partners (raw, at most 10 steps shown), mean over pairs",
-        *_table(header, rows),
+        text_table(header, rows, "right"),
         "",
         "Affine antisymmetry residual ||eps(x)+eps(-x)-2c_t|| / ||eps(x)||",
-        *_table(["timestep", "residual"], residuals),
+        text_table(["timestep", "residual"], residuals, "right"),
     ]
     return "\n".join(lines)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    fmt = lambda row: "  ".join(c.rjust(w) for c, w in zip(row, widths))
-    return [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
-
-
-def save_figures(tree: xr.DataTree, directory: str | Path) -> list[Path]:
-    """Write the PNG figures of a :func:`diagnose` result into ``directory``.
-
-    ``pair_correlation.png`` (histograms PN vs RR, raw and centred, per sampler, means
-    marked), ``diversity.png`` (SSIM, and LPIPS, PN vs RR), ``trajectory_correlation.png``
-    (mean correlation of ``x_t`` and ``eps`` by timestep) and ``antisymmetry.png`` (the
-    curves ``eps(λ x)`` per probed timestep and the residual by timestep).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    pairs = tree["pairs"].to_dataset()
-    trajectory = tree["trajectory"].to_dataset()
-    anti = tree["antisymmetry"].to_dataset()
-    samplers = list(pairs["sampler"].values)
-    colours = {"PN": "tab:red", "RR": "tab:blue"}
-    written = []
-
-    def histograms(panels, filename, title):
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3), squeeze=False)
-        for ax, (label, data) in zip(axes[0], panels):
-            finite = {k: v[np.isfinite(v)] for k in PAIRINGS for v in [data.sel(pairing=k).values]}
-            pooled = np.concatenate(list(finite.values()))
-            low, high = (pooled.min(), pooled.max()) if len(pooled) else (-1.0, 1.0)
-            pad = 0.02 * (high - low) + 1e-3
-            bins = np.linspace(low - pad, high + pad, 31)
-            for k, v in finite.items():
-                mean = f"mean {v.mean():+.3f}" if len(v) else "all NaN"
-                ax.hist(v, bins=bins, alpha=0.55, color=colours[k], label=f"{k} {mean} (n={len(v)})")
-                if len(v):
-                    ax.axvline(v.mean(), color=colours[k], linestyle="--")
-            ax.set_title(label, fontsize=9)
-            ax.legend(fontsize=7)
-        fig.suptitle(title, fontsize=10)
-        fig.tight_layout()
-        path = directory / filename
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-
-    histograms(
-        [(f"{s}, {c}", pairs["correlation"].sel(sampler=s, centring=c)) for s in samplers for c in CENTRINGS],
-        "pair_correlation.png",
-        "Pixel-wise Pearson correlation within pairs: antithetic (PN) vs independent (RR)",
-    )
-    metrics = [m for m in ("ssim", "lpips") if m in pairs]
-    histograms(
-        [(f"{s}, {m.upper()}", pairs[m].sel(sampler=s)) for s in samplers for m in metrics],
-        "diversity.png",
-        "Similarity of partners: PN vs RR",
-    )
-
-    fig, axes = plt.subplots(1, len(samplers), figsize=(4.5 * len(samplers), 3.2), squeeze=False)
-    for ax, s in zip(axes[0], samplers):
-        for v, style in (("x_t", "-"), ("eps", ":")):
-            for k in PAIRINGS:
-                mean = trajectory[v].sel(sampler=s, pairing=k, centring="raw").mean("pair")
-                ax.plot(trajectory["timestep"].values, mean.values, style, color=colours[k], marker=".",
-                        label=f"{v} {k}")
-        ax.invert_xaxis()
-        ax.set_ylim(-1.05, 1.05)
-        ax.axhline(0, color="grey", linewidth=0.5)
-        ax.set_xlabel("timestep t (sampling runs left to right)")
-        ax.set_ylabel("mean correlation between partners")
-        ax.set_title(s, fontsize=9)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = directory / "trajectory_correlation.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-
-    n_t = anti.sizes["timestep"]
-    fig, axes = plt.subplots(1, n_t + 1, figsize=(2.8 * (n_t + 1), 2.9))
-    for ax, t in zip(axes[:-1], anti["timestep"].values):
-        curves = anti["curve"].sel(timestep=t).isel(probe=0)
-        for p in range(curves.sizes["pixel"]):
-            ax.plot(anti["lambda"].values, curves.isel(pixel=p).values, linewidth=1)
-        ax.axvline(0, color="grey", linewidth=0.5)
-        ax.set_title(f"t = {int(t)}", fontsize=9)
-        ax.set_xlabel("λ")
-    axes[0].set_ylabel("eps(λ x_t) at chosen pixels")
-    axes[-1].plot(anti["timestep"].values, anti["residual"].values, "o-")
-    axes[-1].set_ylim(bottom=0)
-    axes[-1].invert_xaxis()
-    axes[-1].set_title("antisymmetry residual", fontsize=9)
-    axes[-1].set_xlabel("timestep t")
-    fig.tight_layout()
-    path = directory / "antisymmetry.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-    return written

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -339,6 +340,39 @@ def _differences(saved: dict, read: dict) -> list[str]:
     return out
 
 
+TABLE_ALIGNMENTS = ("left", "right")
+"""How :func:`text_table` pads cells: ``left`` for labels, ``right`` for columns of numbers."""
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "left") -> str:
+    """A plain-text table: every column padded to its widest cell, two spaces apart.
+
+    A rule of dashes, one per column as wide as it, goes under the header; trailing spaces
+    are cut from every line. :func:`format_table`, :func:`format_levels` and the
+    diagnostics report (:func:`mcdiff.diagnostics.format_report`) are drawn by it.
+
+    Parameters
+    ----------
+    header : sequence of str
+        Column names.
+    rows : sequence of sequences of str
+        Cells, each row as long as ``header``.
+    align : str
+        One of :data:`TABLE_ALIGNMENTS`.
+    """
+    if align not in TABLE_ALIGNMENTS:
+        raise ValueError(f"align must be one of {TABLE_ALIGNMENTS}, got {align!r}")
+    table = [list(header), *(list(row) for row in rows)]
+    if any(len(row) != len(header) for row in table):
+        lengths = sorted({len(row) for row in table})
+        raise ValueError(f"every row must have {len(header)} cells, got rows of {lengths}")
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    pad = str.ljust if align == "left" else str.rjust
+    lines = ["  ".join(pad(cell, w) for cell, w in zip(row, widths)).rstrip() for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def format_table(result: xr.DataTree) -> str:
     """A plain-text table: one row per statistic, design and (for vectors) component.
 
@@ -348,7 +382,7 @@ def format_table(result: xr.DataTree) -> str:
     summary = result["summary"].to_dataset()
     level = summary.attrs.get("confidence", float("nan"))
     header = ("statistic", "design", "estimate", f"{level:.0%} CI", "CI width", "NFE", "rel. eff.", "per NFE", "vs MC")
-    rows = [header]
+    rows = []
     for name, var in summary.data_vars.items():
         if "summary" not in var.dims:
             continue
@@ -375,10 +409,7 @@ def format_table(result: xr.DataTree) -> str:
                         f"{value['relative_efficiency_vs_mc']:.3g}",
                     )
                 )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(header, rows)
 
 
 def format_levels(result: xr.DataTree) -> str:
@@ -391,7 +422,7 @@ def format_levels(result: xr.DataTree) -> str:
     stats = [name for name, var in levels.data_vars.items() if "level_summary" in var.dims]
     header = ("design", "level", "solver", "steps", "NFE/sample", "level design", "n", "NFE")
     header += tuple(f"{name} {part}" for name in stats for part in ("mean", "s.e.", "eff. var", "beta"))
-    rows = [header]
+    rows = []
     for design in levels["design"].values:
         for level in levels["level"].values:
             cell = levels.sel(design=design, level=level)
@@ -404,10 +435,7 @@ def format_levels(result: xr.DataTree) -> str:
                 row += (f"{value['mean']:.5g}", f"{value['std_error']:.3g}", f"{value['effective_variance']:.3g}",
                         f"{value['coefficient']:.3g}")
             rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(header, rows)
 
 
 def _component_label(name: str, block: xr.DataArray, k: int, size: int) -> str:

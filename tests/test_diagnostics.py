@@ -7,7 +7,7 @@ import xarray as xr
 from small_models import random_unet_sampler
 
 import mcdiff
-from mcdiff import diagnostics
+from mcdiff import diagnostics, plots
 from mcdiff.cli import main
 
 
@@ -124,7 +124,7 @@ def test_random_weight_network_is_reported_without_failing(random_unet, tmp_path
     assert np.all(np.isnan(corr) | (np.abs(corr) <= 1 + 1e-9))
     assert np.isfinite(tree["antisymmetry"]["residual"]).all()
     assert "Affine antisymmetry residual" in diagnostics.format_report(tree)
-    assert len(diagnostics.save_figures(tree, tmp_path)) == 4
+    assert len(plots.save_figures(tree, tmp_path)) == 4
 
 
 def test_cli_diagnose_writes_report(tmp_path, capsys):

@@ -93,3 +93,20 @@ def test_save_refuses_a_path_it_cannot_write_before_writing(tmp_path, small, nam
     with pytest.raises(ValueError, match=match):
         mcdiff.save_result(small, tmp_path / name)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_text_table_pads_columns_and_rules_the_header():
+    rows = [["brightness", "0.5"], ["centroid[y]", "0.49997"]]
+    assert mcdiff.results.text_table(["statistic", "estimate"], rows) == (
+        "statistic    estimate\n-----------  --------\nbrightness   0.5\ncentroid[y]  0.49997"
+    )
+    assert mcdiff.results.text_table(["t", "r"], [["830", "1e-3"]], "right") == "  t     r\n---  ----\n830  1e-3"
+
+
+@pytest.mark.parametrize(
+    "rows, align, match",
+    [([["a", "b"]], "centre", "align must be one of"), ([["a"]], "left", "every row must have 2 cells")],
+)
+def test_text_table_refuses_bad_rows_and_alignments(rows, align, match):
+    with pytest.raises(ValueError, match=match):
+        mcdiff.results.text_table(["x", "y"], rows, align)
