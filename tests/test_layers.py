@@ -12,33 +12,19 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mcdiff"
 
+ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
+
+
+def documented_table(heading: str) -> list[list[str]]:
+    """The rows of the Markdown table under ``## heading`` in ARCHITECTURE.md, cells stripped of backticks."""
+    text = ARCHITECTURE.read_text().split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip().strip("|").split("|") for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip().strip("`") for cell in row] for row in rows[2:]]
+
+
 # Lower ranks may not import higher ones. Equal ranks may import each other, as long as the
-# graph has no circle.
-RANK = {
-    "mcdiff.noise": 0,  # the noise engine, a subpackage ranked as a whole: it knows no design
-    "mcdiff.designs": 1,
-    "mcdiff.data": 0,
-    "mcdiff.samplers": 1,
-    "mcdiff.functionals": 2,
-    "mcdiff.models": 2,
-    "mcdiff.training": 2,
-    "mcdiff.estimators": 3,
-    "mcdiff.inverse": 3,
-    "mcdiff.writer_lock": 3,
-    "mcdiff.atomic": 3,
-    "mcdiff.results": 4,
-    "mcdiff.store": 4,
-    "mcdiff.plots": 4,
-    "mcdiff.blocks": 5,
-    "mcdiff.executors": 6,
-    "mcdiff.runner": 7,
-    "mcdiff.multifidelity": 8,
-    "mcdiff.diagnostics": 8,
-    "mcdiff.cli": 9,
-    "mcdiff": 10,
-}
-
-
+# graph has no circle. The ranks are the project's architecture document's, read from it.
+RANK = {module: int(rank) for rank, module, _ in documented_table("Layers")}
 def module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -133,6 +119,12 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (circle := visit(node)):
             return circle
     return None
+
+
+def test_the_architecture_document_names_every_module_and_no_other():
+    documented = [row[0] for row in documented_table("Every module")]
+    assert sorted(documented) == sorted(import_graph()), "ARCHITECTURE.md's module table is out of date"
+    assert RANK["mcdiff.noise"] == 0 and RANK["mcdiff.cli"] > RANK["mcdiff.runner"]
 
 
 def test_every_module_has_a_rank():
