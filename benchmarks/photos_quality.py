@@ -13,7 +13,8 @@ alone sets for a perfect model) and crops of the *held-out* photographs (another
 - **histograms**: pixel values and image brightness, as the 1-Wasserstein distance to the
   training crops;
 - **memorisation**: the L2 distance of each image to its nearest training crop (generated
-  well below fresh crops would mean copying).
+  well below fresh crops would mean copying);
+- **training loss**: the model's ``training.json`` loss, mean per 100 steps.
 
 Writes ``<label>_quality.md``, ``<label>_quality.json`` and two figures into ``--output``.
 
@@ -38,6 +39,7 @@ import mcdiff
 from mcdiff.blocks import evaluate_design
 from mcdiff.data import photo_patches
 from mcdiff.functionals import pixel_mean
+from mcdiff.models import BUNDLED, bundled_path
 from mcdiff.plots import plt
 
 
@@ -86,9 +88,9 @@ def quality(sets: dict[str, np.ndarray], train: np.ndarray, nearest: dict[str, n
     return out
 
 
-def figures(sets: dict[str, np.ndarray], train: np.ndarray, nearest: dict[str, np.ndarray], label: str,
-            output: Path) -> list[Path]:
-    """The sample grid and the four-panel measure figure; their paths."""
+def figures(sets: dict[str, np.ndarray], train: np.ndarray, nearest: dict[str, np.ndarray], losses: list[float],
+            label: str, output: Path) -> list[Path]:
+    """The sample grid and the five-panel measure figure (the last: the training loss); their paths."""
     def grid(images, rows=8):
         x = images[: rows * rows].transpose(0, 2, 3, 1)
         h, w = x.shape[1:3]
@@ -107,7 +109,7 @@ def figures(sets: dict[str, np.ndarray], train: np.ndarray, nearest: dict[str, n
     fig.savefig(samples, dpi=130)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), layout="constrained")
+    fig, axes = plt.subplots(1, 5, figsize=(18.5, 3.4), layout="constrained")
     everything = {**sets, "train": train[: 4 * len(sets["generated"])]}
     k = np.arange(1, train.shape[-1] // 2 + 1)
     bins = np.linspace(0, 1, 41)
@@ -123,16 +125,18 @@ def figures(sets: dict[str, np.ndarray], train: np.ndarray, nearest: dict[str, n
     for name, d in nearest.items():
         axes[3].hist(d, np.linspace(0, top, 31), histtype="step", label=name)
     axes[3].set(xlabel="L2 distance to nearest training crop", title="memorisation check")
-    for ax in axes:
+    for ax in axes[:4]:
         ax.legend(fontsize=8)
+    axes[4].plot(100 * np.arange(1, len(losses) + 1), losses, "-o", ms=2)
+    axes[4].set(xlabel="optimiser step", ylabel="mean loss per 100 steps", title="training loss", yscale="log")
     measures = output / f"{label}_quality.png"
     fig.savefig(measures, dpi=120)
     plt.close(fig)
     return [samples, measures]
 
 
-def report(q: dict, label: str, command: str, settings: str) -> str:
-    """The Markdown report of :func:`quality`."""
+def report(q: dict, losses: list[float], label: str, command: str, settings: str) -> str:
+    """The Markdown report of :func:`quality` and the training loss."""
     names = [n for n in q if n != "train"]
     bands = len(q["train"]["power"])
     return "\n".join([
@@ -147,6 +151,8 @@ def report(q: dict, label: str, command: str, settings: str) -> str:
         "", "log10 of power / training crops' power by frequency band (cycles per image):", "",
         "| images | " + " | ".join(str(i) for i in range(1, bands + 1)) + " |", "|---|" + "---|" * bands,
         *(f"| {n} | " + " | ".join(f"{v:+.2f}" for v in q[n]["log10_power_ratio"]) + " |" for n in names),
+        "", f"Training loss, mean per 100 steps ({100 * len(losses)} steps): "
+        + ", ".join(f"{v:.4f}" for v in losses[:3]) + ", ... , " + ", ".join(f"{v:.4f}" for v in losses[-5:]),
         "",
     ])
 
@@ -165,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python benchmarks/photos_quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     sampler = mcdiff.load_model(args.model, args.steps)
+    directory = bundled_path(args.model) if args.model in BUNDLED else Path(args.model)
+    losses = json.loads((directory / "training.json").read_text())["loss_per_100_steps"]
     generated = evaluate_design(sampler, [pixel_mean], mcdiff.MonteCarlo(), args.n, args.seed, 64)["pixel_mean"]
     sampling = time.perf_counter() - start
     train = (photo_patches(seed=0).numpy() + 1) / 2  # the training set of the bundled model
@@ -176,10 +184,10 @@ def main(argv: list[str] | None = None) -> dict:
     nearest = {name: nearest_distance(x, train) for name, x in sets.items()}
     q = quality(sets, train, nearest)
     args.output.mkdir(parents=True, exist_ok=True)
-    paths = figures(sets, train, nearest, args.label, args.output)
+    paths = figures(sets, train, nearest, losses, args.label, args.output)
     settings = (f"{args.n} images each, DDIM {args.steps} steps, seed {args.seed}, {len(train)} training crops; "
                 f"sampling {sampling:.0f} s, all {time.perf_counter() - start:.0f} s.")
-    text = report(q, args.label, command, settings)
+    text = report(q, losses, args.label, command, settings)
     (args.output / f"{args.label}_quality.md").write_text(text)
     (args.output / f"{args.label}_quality.json").write_text(json.dumps(q, indent=1) + "\n")
     print(text, "\nwrote", *map(str, paths))
