@@ -55,7 +55,7 @@ from mcdiff.estimators import (
     summarize,
 )
 from mcdiff.functionals import Statistic, get_statistic
-from mcdiff.results import build_multifidelity_result
+from mcdiff.results import CombinationEstimate, build_multifidelity_result
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.schedulers import scheduler_class
 from mcdiff.validation import check_batch_size, check_confidence, check_seed, check_unique_names, is_integer
@@ -400,10 +400,19 @@ def estimate_multifidelity(
             bar.set_postfix_str(row_label)
             rows.append(
                 _estimate_combination(
-                    run_level, stats, level_designs, method, costs, sample_nfe[-1], budget_nfe, n_evals, pilot,
-                    pilot_levels, confidence,
+                    run_level,
+                    stats,
+                    level_designs,
+                    label=row_label,
+                    method=method,
+                    costs=costs,
+                    fine_nfe=sample_nfe[-1],
+                    budget_nfe=budget_nfe,
+                    n_evals=n_evals,
+                    pilot=pilot,
+                    pilot_levels=pilot_levels,
+                    confidence=confidence,
                 )
-                | {"label": row_label}
             )
     attrs = {
         **samplers[-1].describe(),
@@ -424,9 +433,25 @@ def estimate_multifidelity(
 
 
 def _estimate_combination(
-    run_level, stats, level_designs, method, costs, fine_nfe, budget_nfe, n_evals, pilot, pilot_levels, confidence
-) -> dict:
+    run_level: _LevelRunner,
+    stats: Sequence[Statistic],
+    level_designs: Sequence[Design],
+    *,
+    label: str,
+    method: str,
+    costs: np.ndarray,
+    fine_nfe: int,
+    budget_nfe: int | None,
+    n_evals: Sequence[int] | None,
+    pilot: int,
+    pilot_levels: tuple[int, ...],
+    confidence: float,
+) -> CombinationEstimate:
     """Pilot, coefficients, allocation, final run and summaries of one design combination.
+
+    ``costs`` ``(L,)`` are the NFE of one evaluation per level and ``fine_nfe`` those of one
+    sample at the finest fidelity; exactly one of ``budget_nfe`` (allocated from the pilot) and
+    ``n_evals`` (per level) is given; ``pilot_levels`` are the levels the pilot runs on.
 
     Efficiency is against plain MC at the finest fidelity: ``sigma_L^2 / (N · std_error^2)`` per
     evaluation (``N = sum_l n_l`` noise addresses) and ``sigma_L^2 c_L / ((NFE + pilot NFE) ·
@@ -501,14 +526,15 @@ def _estimate_combination(
             "relative_efficiency_per_nfe": per_nfe,
             "relative_efficiency_vs_mc": np.full_like(per_eval, np.nan),
         }
-    return {
-        "designs": [d.name for d in level_designs],
-        "n_evals": counts,
-        "n_groups": n_groups.tolist(),
-        "pilot_n_evals": [pilot if level in pilot_levels else 0 for level in range(n_levels)],
-        "nfe": nfe,
-        "pilot_nfe": pilot_nfe,
-        "level_costs": costs,
-        "summary": summary,
-        "levels": level_fields,
-    }
+    return CombinationEstimate(
+        label=label,
+        designs=[d.name for d in level_designs],
+        n_evals=counts,
+        n_groups=n_groups.tolist(),
+        pilot_n_evals=[pilot if level in pilot_levels else 0 for level in range(n_levels)],
+        nfe=nfe,
+        pilot_nfe=pilot_nfe,
+        level_costs=costs,
+        summary=summary,
+        levels=level_fields,
+    )
