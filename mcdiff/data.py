@@ -14,14 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mcdiff.validation import check_integer
+
 DATASETS = ("digits", "photos", "extreme-brightness")
 """Names accepted by :func:`load_dataset`."""
-
-
-def _check_size(size: int, minimum: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < minimum:
-        raise ValueError(f"size must be an integer >= {minimum}, got {size!r}")
-    return int(size)
 
 
 def digits(size: int = 8) -> torch.Tensor:
@@ -36,7 +32,7 @@ def digits(size: int = 8) -> torch.Tensor:
     """
     from sklearn.datasets import load_digits
 
-    size = _check_size(size, 8)
+    size = check_integer("size", size, 8)
     images = torch.from_numpy(load_digits().images).float().unsqueeze(1) / 8 - 1
     if size != 8:
         images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
@@ -92,9 +88,8 @@ def photo_patches(n: int = 20000, size: int = 32, split: str = "train", seed: in
     S. van der Walt et al., "scikit-image: image processing in Python", PeerJ 2:e453 (2014),
     ``skimage.data``; scikit-learn's ``load_sample_images`` (china.jpg, flower.jpg).
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    size = _check_size(size, 4)
+    n = check_integer("n", n)
+    size = check_integer("size", size, 4)
     photos = _photographs(split)
     rng = np.random.default_rng(seed)
     which = rng.integers(0, len(photos), n)
@@ -133,11 +128,9 @@ def extreme_brightness(n: int = 4096, size: int = 16, channels: int = 1, seed: i
     T. Kutsuna, "A Probabilistic Formulation of Offset Noise in Diffusion Models",
     arXiv:2412.03134 (synthetic data with extreme brightness).
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    size = _check_size(size, 2)
-    if isinstance(channels, bool) or not isinstance(channels, (int, np.integer)) or channels < 1:
-        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    n = check_integer("n", n)
+    size = check_integer("size", size, 2)
+    channels = check_integer("channels", channels)
     rng = np.random.default_rng(seed)
     level = rng.beta(0.5, 0.5, size=(n, 1, 1, 1))
     freq = rng.integers(-2, 3, size=(n, 2, 1, 1))

@@ -50,6 +50,7 @@ from scipy.special import ndtri
 from mcdiff.noise.batch import DesignNoise, NoiseSpec, Streams
 from mcdiff.noise.philox import stream_keys
 from mcdiff.noise.sobol import SOBOL_MAX_DIM, scrambled_points
+from mcdiff.validation import check_seed, is_integer
 
 _TAGS = {"mc": 0, "amc": 1, "rqmc": 2, "amc-rqmc": 3}
 _STREAM_KEY = 1 << 16
@@ -59,20 +60,6 @@ _SCRAMBLE_WORDS = {"nested": "nested-scrambled", "lms": "LMS+shift-scrambled"}
 def _rng(seed: int, *key: int) -> np.random.Generator:
     """Independent stream for ``(seed, *key)``: the single place that seeds randomness."""
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=key))
-
-
-SEED_LIMIT = 2**63
-"""Seeds are integers in ``[0, 2^63)``: a result records its seed as a NetCDF attribute, which
-holds a signed 64-bit integer at most (numpy's ``SeedSequence`` and torch take any such seed)."""
-
-
-def check_seed(seed: int) -> int:
-    """Return ``seed`` as an ``int`` if it is an integer in ``[0, 2^63)``, else raise ``ValueError``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
-        raise ValueError(
-            f"seed must be a non-negative integer below 2**63 (a NetCDF int64 attribute), got {seed!r}"
-        )
-    return int(seed)
 
 
 def stream_seed(seed: int, *key: int) -> int:
@@ -202,7 +189,7 @@ class Design(ABC):
         return self
 
     def _check_count(self, n_evals: int, minimum: int) -> None:
-        if isinstance(n_evals, bool) or not isinstance(n_evals, (int, np.integer)):
+        if not is_integer(n_evals):
             raise ValueError(f"n_evals must be an integer, got {n_evals!r}")
         if n_evals < minimum:
             raise ValueError(
@@ -331,8 +318,7 @@ class SobolRQMC(Design):
         points_per_replicate: int | None = None,
     ):
         if points_per_replicate is not None and (
-            isinstance(points_per_replicate, bool)
-            or not isinstance(points_per_replicate, (int, np.integer))
+            not is_integer(points_per_replicate)
             or points_per_replicate < 1
             or points_per_replicate & (points_per_replicate - 1)
         ):
@@ -340,7 +326,7 @@ class SobolRQMC(Design):
                 f"points_per_replicate must be a power of two (1, 2, 4, ...) or None, "
                 f"got {points_per_replicate!r}"
             )
-        if isinstance(replicates, bool) or not isinstance(replicates, (int, np.integer)):
+        if not is_integer(replicates):
             raise ValueError(f"replicates must be an integer >= 2, got {replicates!r}")
         if replicates < 2:
             raise ValueError(f"replicates must be >= 2 to estimate a standard error, got {replicates}")

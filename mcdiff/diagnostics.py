@@ -38,11 +38,12 @@ import torch
 import xarray as xr
 
 from mcdiff.blocks import sample_images
-from mcdiff.designs import Antithetic, Design, MonteCarlo, check_seed
+from mcdiff.designs import Antithetic, Design, MonteCarlo
 from mcdiff.noise import Noise
 from mcdiff.results import mcdiff_version, text_table
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.diffusion import DiffusionSampler
+from mcdiff.validation import check_integer, check_seed
 
 PAIRINGS = ("PN", "RR")
 """Pair kinds: ``PN`` antithetic partners ``(z, -z)``, ``RR`` two independent draws."""
@@ -53,12 +54,6 @@ the same after subtracting the per-pixel mean image from both."""
 
 LpipsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``lpips(a, b) -> (B,)`` distances for images ``(B, C, H, W)`` scaled to [-1, 1]."""
-
-
-def _check_count(name: str, value: int, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class _PairNoise(Noise):
@@ -136,9 +131,9 @@ def generate_pairs(sampler: Sampler, n_pairs: int = 64, seed: int = 0, batch_siz
     xarray.DataArray
         Dims ``("pairing", "pair", "member", "channel", "y", "x")``, values in [0, 1].
     """
-    n_pairs = _check_count("n_pairs", n_pairs, 2)
+    n_pairs = check_integer("n_pairs", n_pairs, 2)
     seed = check_seed(seed)
-    batch_size = _check_count("batch_size", batch_size, 2)
+    batch_size = check_integer("batch_size", batch_size, 2)
     designs: tuple[Design, ...] = (Antithetic(), MonteCarlo())
     images = [sample_images(sampler, design, 2 * n_pairs, seed, batch_size) for design in designs]
     data = np.stack(images).reshape(2, n_pairs, 2, *sampler.image_shape)
@@ -374,7 +369,7 @@ def trajectory_correlation(sampler: DiffusionSampler, n_pairs: int = 32, seed: i
     arXiv 2506.06185: the partners' correlation stays strongly negative along the trajectory.
     """
     sampler = _check_diffusion(sampler)
-    n_pairs = _check_count("n_pairs", n_pairs, 2)
+    n_pairs = check_integer("n_pairs", n_pairs, 2)
     noise = _PairNoise(sampler, n_pairs, check_seed(seed))
     timesteps, x_corr, eps_corr = [], [], []
     with torch.inference_mode():
@@ -470,9 +465,9 @@ def antisymmetry(
     arXiv 2506.06185: eps(λz) mirrors around a centre as λ goes from -1 to 1.
     """
     sampler = _check_diffusion(sampler)
-    n_probes = _check_count("n_probes", n_probes, 2)
-    n_lambdas = _check_count("n_lambdas", n_lambdas, 3)
-    n_pixels = _check_count("n_pixels", n_pixels, 1)
+    n_probes = check_integer("n_probes", n_probes, 2)
+    n_lambdas = check_integer("n_lambdas", n_lambdas, 3)
+    n_pixels = check_integer("n_pixels", n_pixels, 1)
     seed = check_seed(seed)
     timesteps = _probed_timesteps(sampler, timesteps)
     spec, device, dtype = sampler.noise_spec, sampler.device, sampler.dtype
@@ -555,10 +550,10 @@ def diagnose(
     schedules = {n: [_timestep_value(t) for t in _check_diffusion(s).scheduler.timesteps] for n, s in samplers.items()}
     if any(v != schedules[names[0]] for v in schedules.values()):
         raise ValueError(f"all samplers must share one timestep schedule, got {schedules}")
-    n_pairs = _check_count("n_pairs", n_pairs, 2)  # every input is checked before the first evaluation
+    n_pairs = check_integer("n_pairs", n_pairs, 2)  # every input is checked before the first evaluation
     seed = check_seed(seed)
-    batch_size = _check_count("batch_size", batch_size, 2)
-    _check_count("n_probes", n_probes, 2)
+    batch_size = check_integer("batch_size", batch_size, 2)
+    check_integer("n_probes", n_probes, 2)
     _probed_timesteps(samplers[names[0]], timesteps)
     pairs, trajectories = [], []
     for sampler in samplers.values():

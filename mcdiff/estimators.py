@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from mcdiff.validation import check_confidence
+
 SUMMARY_FIELDS = (
     "estimate",
     "std_error",
@@ -45,13 +47,6 @@ SUMMARY_FIELDS = (
     "relative_efficiency_vs_mc",
 )
 """Labels of the ``summary`` coordinate of a result, in order."""
-
-
-def check_confidence(confidence: float) -> float:
-    """Return ``confidence`` if it lies in (0, 1), else raise ``ValueError``."""
-    if not isinstance(confidence, (int, float, np.floating)) or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
-    return float(confidence)
 
 
 def t_interval(estimate: np.ndarray, std_error: np.ndarray, dof, confidence: float) -> dict[str, np.ndarray]:

@@ -47,19 +47,18 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from mcdiff.blocks import evaluate_design
-from mcdiff.designs import Design, check_seed, get_design, stream_seed
+from mcdiff.designs import Design, get_design, stream_seed
 from mcdiff.estimators import (
-    check_confidence,
     combine_levels,
     control_variate_coefficient,
     level_allocation,
     summarize,
 )
 from mcdiff.functionals import Statistic, get_statistic
-from mcdiff.results import build_multifidelity_result
-from mcdiff.runner import check_batch_size, check_unique_names
+from mcdiff.results import CombinationEstimate, build_multifidelity_result
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.schedulers import scheduler_class
+from mcdiff.validation import check_batch_size, check_confidence, check_seed, check_unique_names, is_integer
 
 METHODS = ("mlmc", "cv")
 """Multi-fidelity estimators: multilevel Monte Carlo and the two-fidelity control variate."""
@@ -94,10 +93,6 @@ _FIDELITY_FORMS = (
 )
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def parse_fidelity(entry: int | str | tuple[str, int] | Fidelity) -> Fidelity:
     """A :class:`Fidelity` from a step count, a ``(solver, steps)`` pair or ``"solver:steps"``.
 
@@ -108,14 +103,14 @@ def parse_fidelity(entry: int | str | tuple[str, int] | Fidelity) -> Fidelity:
     """
     if isinstance(entry, Fidelity):
         solver, steps = entry.solver, entry.steps
-    elif _is_int(entry):
+    elif is_integer(entry):
         solver, steps = None, entry
     elif isinstance(entry, str):
         solver, _, count = entry.rpartition(":")
         if not count.strip().isdigit():
             raise ValueError(f"fidelity {entry!r} is not {_FIDELITY_FORMS}")
         solver, steps = (solver.strip() or None), int(count)
-    elif isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str) and _is_int(entry[1]):
+    elif isinstance(entry, (tuple, list)) and len(entry) == 2 and isinstance(entry[0], str) and is_integer(entry[1]):
         solver, steps = entry
     else:
         raise ValueError(f"fidelity {entry!r} is not {_FIDELITY_FORMS}")
@@ -139,7 +134,7 @@ def check_fidelities(fidelities: Sequence[int | str | tuple[str, int] | Fidelity
             f"fidelities must be at least two integer step counts, e.g. [4, 12, 50], or levels with a solver, "
             f"e.g. [(\"UniPCMultistepScheduler\", 6), 50]; got {fidelities!r}"
         )
-    if all(_is_int(e) for e in entries) and (entries[0] < 1 or any(b <= a for a, b in pairwise(entries))):
+    if all(is_integer(e) for e in entries) and (entries[0] < 1 or any(b <= a for a, b in pairwise(entries))):
         raise ValueError(
             f"fidelities must be strictly increasing positive step counts (coarse to fine), got {[int(e) for e in entries]}"
         )
@@ -382,7 +377,7 @@ def estimate_multifidelity(
         pilot_levels = (1,) if method == "cv" else ()
     for label, level_designs in combos:
         for level, design in enumerate(level_designs):
-            check_batch_size(batch_size, design)
+            batch_size = check_batch_size(batch_size, design)
             if n_evals is not None:
                 if len(n_evals) != n_levels:
                     raise ValueError(f"n_evals needs one count per level ({n_levels}), got {list(n_evals)}")
@@ -390,9 +385,7 @@ def estimate_multifidelity(
             if level in pilot_levels:
                 _check_level_n(design, pilot, level, levels[level], f"pilot={pilot} is too few evaluations")
     minimum = pilot * costs.sum()
-    if budget_nfe is not None and (
-        isinstance(budget_nfe, bool) or not isinstance(budget_nfe, (int, np.integer)) or budget_nfe < minimum
-    ):
+    if budget_nfe is not None and (not is_integer(budget_nfe) or budget_nfe < minimum):
         raise ValueError(
             f"budget_nfe={budget_nfe!r} is too small: every level gets at least the pilot's {pilot} evaluations, "
             f"{minimum:.0f} NFE at costs {costs.tolist()} per evaluation"
@@ -407,10 +400,19 @@ def estimate_multifidelity(
             bar.set_postfix_str(row_label)
             rows.append(
                 _estimate_combination(
-                    run_level, stats, level_designs, method, costs, sample_nfe[-1], budget_nfe, n_evals, pilot,
-                    pilot_levels, confidence,
+                    run_level,
+                    stats,
+                    level_designs,
+                    label=row_label,
+                    method=method,
+                    costs=costs,
+                    fine_nfe=sample_nfe[-1],
+                    budget_nfe=budget_nfe,
+                    n_evals=n_evals,
+                    pilot=pilot,
+                    pilot_levels=pilot_levels,
+                    confidence=confidence,
                 )
-                | {"label": row_label}
             )
     attrs = {
         **samplers[-1].describe(),
@@ -431,9 +433,25 @@ def estimate_multifidelity(
 
 
 def _estimate_combination(
-    run_level, stats, level_designs, method, costs, fine_nfe, budget_nfe, n_evals, pilot, pilot_levels, confidence
-) -> dict:
+    run_level: _LevelRunner,
+    stats: Sequence[Statistic],
+    level_designs: Sequence[Design],
+    *,
+    label: str,
+    method: str,
+    costs: np.ndarray,
+    fine_nfe: int,
+    budget_nfe: int | None,
+    n_evals: Sequence[int] | None,
+    pilot: int,
+    pilot_levels: tuple[int, ...],
+    confidence: float,
+) -> CombinationEstimate:
     """Pilot, coefficients, allocation, final run and summaries of one design combination.
+
+    ``costs`` ``(L,)`` are the NFE of one evaluation per level and ``fine_nfe`` those of one
+    sample at the finest fidelity; exactly one of ``budget_nfe`` (allocated from the pilot) and
+    ``n_evals`` (per level) is given; ``pilot_levels`` are the levels the pilot runs on.
 
     Efficiency is against plain MC at the finest fidelity: ``sigma_L^2 / (N · std_error^2)`` per
     evaluation (``N = sum_l n_l`` noise addresses) and ``sigma_L^2 c_L / ((NFE + pilot NFE) ·
@@ -508,14 +526,15 @@ def _estimate_combination(
             "relative_efficiency_per_nfe": per_nfe,
             "relative_efficiency_vs_mc": np.full_like(per_eval, np.nan),
         }
-    return {
-        "designs": [d.name for d in level_designs],
-        "n_evals": counts,
-        "n_groups": n_groups.tolist(),
-        "pilot_n_evals": [pilot if level in pilot_levels else 0 for level in range(n_levels)],
-        "nfe": nfe,
-        "pilot_nfe": pilot_nfe,
-        "level_costs": costs,
-        "summary": summary,
-        "levels": level_fields,
-    }
+    return CombinationEstimate(
+        label=label,
+        designs=[d.name for d in level_designs],
+        n_evals=counts,
+        n_groups=n_groups.tolist(),
+        pilot_n_evals=[pilot if level in pilot_levels else 0 for level in range(n_levels)],
+        nfe=nfe,
+        pilot_nfe=pilot_nfe,
+        level_costs=costs,
+        summary=summary,
+        levels=level_fields,
+    )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -139,46 +140,74 @@ def build_result(draws: xr.Dataset, confidence: float, attrs: dict) -> xr.DataTr
     return xr.DataTree.from_dict({"summary": summary, "draws": draws})
 
 
+@dataclass(frozen=True)
+class CombinationEstimate:
+    """One design combination of a multi-fidelity run: a row of ``/summary``, a slab of ``/levels``.
+
+    Lists run over levels, coarse first; arrays have the statistic's own shape.
+    """
+
+    label: str
+    """The row's ``design`` coordinate, ``"{method}+{designs}"``, e.g. ``"mlmc+amc"``."""
+    designs: list[str]
+    """One design name per level."""
+    n_evals: list[int]
+    """Evaluations of the final run, per level."""
+    n_groups: list[int]
+    """Independent groups (evaluations, pairs, replicates) of the final run, per level."""
+    pilot_n_evals: list[int]
+    """Evaluations of the pilot run, per level (0 where a level had none)."""
+    nfe: int
+    """Network function evaluations of the final run."""
+    pilot_nfe: int
+    """Network function evaluations of the pilot run."""
+    level_costs: np.ndarray
+    """NFE of one evaluation of each level ``(L,)``: its fidelity's and the one below's."""
+    summary: dict[str, dict[str, np.ndarray]]
+    """``{statistic: {field: array}}`` over :data:`~mcdiff.estimators.SUMMARY_FIELDS`."""
+    levels: dict[str, list[dict[str, np.ndarray]]]
+    """``{statistic: [{field: array} per level]}`` over :data:`LEVEL_FIELDS`."""
+
+
 def build_multifidelity_result(
-    rows: list[dict], statistics: list, level_info: dict[str, list], confidence: float, attrs: dict
+    rows: Sequence[CombinationEstimate],
+    statistics: list,
+    level_info: dict[str, list],
+    confidence: float,
+    attrs: dict,
 ) -> xr.DataTree:
-    """A multi-fidelity result DataTree (``/summary`` and ``/levels``) from per-combination rows.
+    """A multi-fidelity result DataTree (``/summary`` and ``/levels``), a design row per combination.
 
     ``level_info`` holds one entry per level for each of ``solver`` (scheduler class name),
     ``steps`` and ``sample_nfe``; they become coordinates along ``level``.
-
-    Each row has ``label``, ``designs`` (one name per level), ``n_evals``, ``pilot_n_evals``
-    (per level), ``nfe``, ``pilot_nfe``, ``level_costs`` (per level),
-    ``summary = {statistic: {field: array}}`` over :data:`SUMMARY_FIELDS` and
-    ``levels = {statistic: [{field: array} per level]}`` over :data:`LEVEL_FIELDS`.
     """
-    labels = [row["label"] for row in rows]
+    labels = [row.label for row in rows]
     summary, levels = {}, {}
     for stat in statistics:
-        first = np.asarray(rows[0]["summary"][stat.name]["estimate"])
+        first = np.asarray(rows[0].summary[stat.name]["estimate"])
         own_dims = stat.own_dims(first[None])
         coords = {d: stat.coords[d] for d in own_dims if d in stat.coords}
         summary[stat.name] = xr.DataArray(
-            np.stack([np.stack([row["summary"][stat.name][f] for f in SUMMARY_FIELDS]) for row in rows]),
+            np.stack([np.stack([row.summary[stat.name][f] for f in SUMMARY_FIELDS]) for row in rows]),
             dims=("design", "summary", *own_dims),
             coords=coords,
         )
         levels[stat.name] = xr.DataArray(
             np.stack(
                 [
-                    np.stack([np.stack([level[f] for f in LEVEL_FIELDS]) for level in row["levels"][stat.name]])
+                    np.stack([np.stack([level[f] for f in LEVEL_FIELDS]) for level in row.levels[stat.name]])
                     for row in rows
                 ]
             ),
             dims=("design", "level", "level_summary", *own_dims),
             coords=coords,
         )
-    counts = np.array([row["n_evals"] for row in rows])
-    costs = np.asarray(rows[0]["level_costs"])
+    counts = np.array([row.n_evals for row in rows])
+    costs = np.asarray(rows[0].level_costs)
     summary_ds = xr.Dataset(summary, coords={"design": labels, "summary": list(SUMMARY_FIELDS)})
     summary_ds["n_evals"] = ("design", counts.sum(axis=1))
-    summary_ds["nfe"] = ("design", [row["nfe"] for row in rows])
-    summary_ds["pilot_nfe"] = ("design", [row["pilot_nfe"] for row in rows])
+    summary_ds["nfe"] = ("design", [row.nfe for row in rows])
+    summary_ds["pilot_nfe"] = ("design", [row.pilot_nfe for row in rows])
     summary_ds.attrs.update({**attrs, "confidence": confidence, "mcdiff_version": mcdiff_version()})
     levels_ds = xr.Dataset(
         levels,
@@ -192,10 +221,10 @@ def build_multifidelity_result(
             "cost_per_eval": ("level", costs),
         },
     )
-    levels_ds["level_design"] = (("design", "level"), [row["designs"] for row in rows])
+    levels_ds["level_design"] = (("design", "level"), [row.designs for row in rows])
     levels_ds["n_evals"] = (("design", "level"), counts)
-    levels_ds["n_groups"] = (("design", "level"), [row["n_groups"] for row in rows])
-    levels_ds["pilot_n_evals"] = (("design", "level"), [row["pilot_n_evals"] for row in rows])
+    levels_ds["n_groups"] = (("design", "level"), [row.n_groups for row in rows])
+    levels_ds["pilot_n_evals"] = (("design", "level"), [row.pilot_n_evals for row in rows])
     levels_ds["nfe"] = (("design", "level"), (counts * costs).astype(int))
     return xr.DataTree.from_dict({"summary": summary_ds, "levels": levels_ds})
 

@@ -29,30 +29,20 @@ import xarray as xr
 from tqdm.auto import tqdm
 
 from mcdiff.blocks import Block
-from mcdiff.designs import Design, check_seed, get_design
-from mcdiff.estimators import check_confidence, summarize
+from mcdiff.designs import Design, get_design
+from mcdiff.estimators import summarize
 from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo, SchedulerLost, check_model
 from mcdiff.functionals import Statistic, get_statistic, statistic_identity
 from mcdiff.noise import GENERATOR
 from mcdiff.results import build_result, mcdiff_version
 from mcdiff.store import ResultStore
-
-
-def check_unique_names(label: str, names: Sequence[str]) -> None:
-    """Raise ``ValueError`` unless ``names`` (of statistics, designs, ...) are unique and not empty."""
-    if not names:
-        raise ValueError(f"at least one {label} is needed")
-    if len(set(names)) != len(names):
-        raise ValueError(f"{label} names must be unique, got {list(names)}")
-
-
-def check_batch_size(batch_size: int, design: Design) -> None:
-    """Raise ``ValueError`` unless a batch of ``batch_size`` holds a whole group unit (a pair)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < design.unit:
-        raise ValueError(
-            f"batch_size={batch_size!r} cannot hold a pair of design {design.name!r}: "
-            f"use an integer >= {design.unit}"
-        )
+from mcdiff.validation import (
+    check_batch_size,
+    check_confidence,
+    check_seed,
+    check_unique_names,
+    is_integer,
+)
 
 
 def estimate(
@@ -138,10 +128,8 @@ def estimate(
     check_unique_names("design", [d.name for d in resolved])
     for design in resolved:
         design.check_n(n_evals)
-        check_batch_size(batch_size, design)
-    if block_size is not None and (
-        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
-    ):
+        batch_size = check_batch_size(batch_size, design)
+    if block_size is not None and (not is_integer(block_size) or block_size < 1):
         raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
     stopping = _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals)
     if progress is None:
@@ -236,12 +224,12 @@ def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals) -> di
                 "max_evals caps sequential stopping: give target_ci_width or target_rel_width too"
             )
         return None
-    if isinstance(max_evals, bool) or not isinstance(max_evals, int) or max_evals < n_evals:
+    if not is_integer(max_evals) or max_evals < n_evals:
         raise ValueError(
             f"sequential stopping needs a budget cap max_evals, an integer >= n_evals={n_evals} "
             f"(the first round), got {max_evals!r}"
         )
-    return {**targets, "max_evals": max_evals}
+    return {**targets, "max_evals": int(max_evals)}
 
 
 def _meets_target(

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from mcdiff.designs import check_seed
 from mcdiff.samplers.offset import offset_noise_psi
+from mcdiff.validation import check_integer, check_seed, is_integer
 
 OBJECTIVES = ("epsilon", "offset", "probabilistic-offset")
 """Training objectives accepted by :func:`train`."""
@@ -72,10 +72,9 @@ def make_unet(
         )
     if any(c % 8 for c in block_out_channels):
         raise ValueError(f"block_out_channels must be multiples of 8, got {tuple(block_out_channels)}")
-    if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < levels for i in attention_levels):
+    if any(not is_integer(i) or not 0 <= i < levels for i in attention_levels):
         raise ValueError(f"attention_levels must be level indices in 0..{levels - 1}, got {tuple(attention_levels)}")
-    if isinstance(layers_per_block, bool) or not isinstance(layers_per_block, (int, np.integer)) or layers_per_block < 1:
-        raise ValueError(f"layers_per_block must be a positive integer, got {layers_per_block!r}")
+    layers_per_block = check_integer("layers_per_block", layers_per_block)
     attention = set(int(i) for i in attention_levels)
     widths = [block_out_channels[i] for i in attention] + [block_out_channels[-1]]
     extra = {"attention_head_dim": min(32, *widths)} if attention else {}
@@ -137,8 +136,7 @@ def _check_settings(objective, steps, batch_size, learning_rate, ema_decay, offs
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     for name, value in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_integer(name, value)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     if not 0 <= ema_decay < 1:

@@ -8,6 +8,7 @@ import torch
 
 from mcdiff.noise import Noise
 from mcdiff.samplers.base import Sampler
+from mcdiff.validation import check_integer
 
 
 def _check_shape(label: str, shape: Sequence[int], ndim: int | None = None) -> tuple[int, ...]:
@@ -66,8 +67,7 @@ class FunctionSampler(Sampler):
             raise ValueError(f"fn must be callable noise -> images, got {type(fn).__name__}")
         if not noise_spec:
             raise ValueError("noise_spec must name at least one noise component, e.g. {'x_T': (C, H, W)}")
-        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-            raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
+        nfe = check_integer("nfe", nfe)
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
         self.fn = fn

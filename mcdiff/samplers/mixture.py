@@ -14,6 +14,7 @@ from mcdiff.samplers.diffusion import (
     unclipped_scheduler,
 )
 from mcdiff.samplers.gaussian import OUTPUTS, check_output, decode, decoded_mean
+from mcdiff.validation import is_integer
 
 PRESETS = ("digits",)
 """Names accepted by :meth:`GaussianMixtureSampler.preset`."""
@@ -385,7 +386,7 @@ def digits_mixture(rank: int = 4, spread: float = 1.0, min_std: float = 0.05) ->
     """
     from sklearn.datasets import load_digits
 
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < 64:
+    if not is_integer(rank) or not 0 <= rank < 64:
         raise ValueError(f"rank must be an integer in [0, 63], got {rank!r}")
     if not spread > 0:
         raise ValueError(f"spread must be > 0, got {spread}")

@@ -14,6 +14,7 @@ from mcdiff.samplers.diffusion import check_num_inference_steps
 from mcdiff.samplers.identity import public_config
 from mcdiff.samplers.scheduler_noise import NoiseSupply, drawing_modules, supplied_noise
 from mcdiff.samplers.schedulers import SUPPORTED_SCHEDULERS, check_scheduler
+from mcdiff.validation import is_integer
 
 PIPELINE_SCHEDULERS = SUPPORTED_SCHEDULERS
 """Schedulers tested inside pipelines as well (any scheduler that passes the dry run runs)."""
@@ -136,7 +137,7 @@ class PipelineSampler(Sampler):
         if guidance_scale is not None and not guidance_scale >= 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         if "class_labels" in params:
-            if isinstance(class_label, bool) or not isinstance(class_label, (int, np.integer)):
+            if not is_integer(class_label):
                 raise ValueError(f"{type(pipe).__name__} is class-conditional: class_label=<int> is required")
         elif class_label is not None:
             raise ValueError(f"{type(pipe).__name__} is not class-conditional; class_label applies to DiTPipeline")
