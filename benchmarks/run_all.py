@@ -76,6 +76,8 @@ BENCHMARKS = (
               214),
     Benchmark("schedulers", ("-n", "256", "--seeds", "3", "--output", OUTPUT),
               ("-n", "128", "--seeds", "2", "--output", OUTPUT), None),
+    Benchmark("photos_quality", ("-n", "256", "--output", OUTPUT),
+              ("-n", "16", "--steps", "4", "--output", OUTPUT), None),
 )
 """Every benchmark; one whose script is absent from this checkout is listed as skipped."""
 

@@ -11,7 +11,7 @@ from mcdiff.samplers.gaussian import GaussianSampler
 from mcdiff.samplers.mixture import GaussianMixtureSampler
 from mcdiff.samplers.offset import ProbabilisticOffsetSampler
 
-BUNDLED = ("digits",)
+BUNDLED = ("digits", "photos")
 """Names of the models shipped in ``mcdiff/weights/``."""
 
 ANALYTIC = ("gaussian", "mixture")

@@ -46,5 +46,5 @@ def test_load_model_resolves_names_and_refuses_the_rest(tmp_path):
     ddpm = mcdiff.load_model("gaussian", 6, scheduler="DDPMScheduler")
     assert isinstance(ddpm, mcdiff.GaussianSampler) and set(ddpm.noise_spec) == {"x_T", "steps"}
     assert type(mcdiff.load_model("digits", 5).scheduler).__name__ == "DDIMScheduler"
-    with pytest.raises(ValueError, match="model must be 'gaussian', 'mixture', a bundled model \\(digits\\) or a diffusers"):
+    with pytest.raises(ValueError, match="model must be 'gaussian', 'mixture', a bundled model \\(digits, photos\\) or a diffusers"):
         mcdiff.load_model(tmp_path / "missing")
