@@ -5,7 +5,7 @@ intervals, using noise designs (antithetic pairs, scrambled Sobol' RQMC) that na
 intervals per model evaluation.
 """
 
-from mcdiff.data import digits, extreme_brightness, load_dataset
+from mcdiff.data import digits, extreme_brightness, load_dataset, photo_patches
 from mcdiff.designs import Antithetic, Design, MonteCarlo, SobolRQMC, get_design
 from mcdiff.diagnostics import antisymmetry, diagnose, pair_correlation, trajectory_correlation
 from mcdiff.executors import DaskExecutor, LocalExecutor
@@ -84,6 +84,7 @@ __all__ = [
     "load_result",
     "make_measurement",
     "pair_correlation",
+    "photo_patches",
     "pixel_mean",
     "random_mask",
     "save_result",
