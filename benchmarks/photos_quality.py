@@ -36,9 +36,8 @@ import torch
 from scipy.stats import wasserstein_distance
 
 import mcdiff
-from mcdiff.blocks import evaluate_design
+from mcdiff.blocks import sample_images
 from mcdiff.data import photo_patches
-from mcdiff.functionals import pixel_mean
 from mcdiff.models import BUNDLED, bundled_path
 from mcdiff.plots import plt
 
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = mcdiff.load_model(args.model, args.steps)
     directory = bundled_path(args.model) if args.model in BUNDLED else Path(args.model)
     losses = json.loads((directory / "training.json").read_text())["loss_per_100_steps"]
-    generated = evaluate_design(sampler, [pixel_mean], mcdiff.MonteCarlo(), args.n, args.seed, 64)["pixel_mean"]
+    generated = sample_images(sampler, mcdiff.MonteCarlo(), args.n, args.seed, 64)
     sampling = time.perf_counter() - start
     train = (photo_patches(seed=0).numpy() + 1) / 2  # the training set of the bundled model
     sets = {
