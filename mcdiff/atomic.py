@@ -18,6 +18,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+"""The ``errno`` values of a write that ran out of space (disk or quota)."""
+
 LOW_SPACE = 1 << 20
 """Free bytes below which a failed write is reported as a full disk: some libraries (netCDF,
 HDF5) report a short write as their own error, without ``ENOSPC``."""
@@ -57,7 +60,7 @@ def disk_full_error(path: Path, partial: int | None = None) -> OSError:
 
 def is_disk_full(err: BaseException, path: Path) -> bool:
     """Whether ``err``, raised while writing into ``path``'s directory, means the disk is full."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(err, OSError) and err.errno in DISK_FULL:
         return True
     return isinstance(err, (OSError, RuntimeError)) and shutil.disk_usage(path.parent).free < LOW_SPACE
 

@@ -37,7 +37,6 @@ as fresh values are (:func:`~mcdiff.functionals.check_finite`).
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import itertools
 import json
@@ -50,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcdiff.atomic import replace_atomically
+from mcdiff.atomic import DISK_FULL, replace_atomically
 from mcdiff.functionals import check_finite, same_probe
 from mcdiff.writer_lock import WriterLock
 
@@ -223,7 +222,7 @@ class ResultStore:
 
     def _write_error(self, doing: str, err: OSError) -> StoreError:
         """One line naming the store, what failed and why (with the free space when the disk is full)."""
-        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        if err.errno in DISK_FULL:
             usage = shutil.disk_usage(self.path if self.path.exists() else self.path.parent)
             return StoreError(
                 f"store {str(self.path)!r} is full: {doing} failed ({os.strerror(err.errno)}; {usage.free / 2**20:.2f} MiB "
