@@ -36,7 +36,7 @@ import torch
 from scipy.stats import wasserstein_distance
 
 import mcdiff
-from mcdiff.blocks import sample_images
+from mcdiff.runner import sample_images
 from mcdiff.data import photo_patches
 from mcdiff.models import BUNDLED, bundled_path
 from mcdiff.plots import plt

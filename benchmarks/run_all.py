@@ -66,6 +66,8 @@ BENCHMARKS = (
               ("--steps", "10", "--n-pairs", "16", "--probes", "2", "--output", OUTPUT), 267),
     Benchmark("throughput", (), ("--size", "16", "--ddpm-steps", "50", "--ddim-batches", "2"), 1275),
     Benchmark("memory_and_dask", (), ("--sizes", "1000", "10000", "--dask-n-evals", "2048"), 188),
+    Benchmark("streaming_memory", ("--budget-s", "240", "--output", OUTPUT),
+              ("--sides", "32", "--sizes", "1024", "4096", "--designs", "mc", "amc", "--output", OUTPUT), None),
     Benchmark("multifidelity", ("--output", OUTPUT), ("--quick", "--output", OUTPUT), 922),
     Benchmark("offset_noise", ("--steps", "1500", "--size", "16", "--out", "runs/offset-study"),
               ("--steps", "20", "--size", "8", "--channels", "8", "16", "--sampling-steps", "5", "-n", "64",

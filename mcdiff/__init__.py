@@ -40,7 +40,7 @@ from mcdiff.samplers import (
     ProbabilisticOffsetSampler,
     Sampler,
 )
-from mcdiff.store import ResultStore
+from mcdiff.store import ResultStore, open_draws
 from mcdiff.training import train
 
 __all__ = [
@@ -83,6 +83,7 @@ __all__ = [
     "load_model",
     "load_result",
     "make_measurement",
+    "open_draws",
     "pair_correlation",
     "photo_patches",
     "pixel_mean",

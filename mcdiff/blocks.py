@@ -1,9 +1,10 @@
 """What a worker runs: a block of addresses through noise, sampler and statistics, in batches.
 
-A :class:`Block` is a contiguous range of addresses of one design that never splits a group
-(an antithetic pair or an RQMC replicate). :func:`evaluate_design` turns addresses into
-statistic values; the runner (:mod:`mcdiff.runner`) and the executors
-(:mod:`mcdiff.executors`) both call it, and it knows neither of them.
+A :class:`Job` is one stream of evaluations (a design on a seed, its statistics, its model
+variant); a :class:`Block` is a contiguous range of a job's addresses that never splits a
+group (an antithetic pair or an RQMC replicate). :func:`evaluate_design` turns addresses into
+statistic values. The executors (:mod:`mcdiff.executors`) call it, for the runner
+(:mod:`mcdiff.runner`), the one loop over evaluations; it knows neither of them.
 """
 
 from __future__ import annotations
@@ -18,18 +19,48 @@ import numpy as np
 import torch
 
 from mcdiff.designs import Design
-from mcdiff.functionals import Statistic, check_finite, pixel_mean
+from mcdiff.functionals import Statistic, check_finite
 from mcdiff.samplers.base import Sampler
 
 
 @dataclass(frozen=True)
-class Block:
-    """Evaluations ``start .. stop - 1`` of ``design`` in a run of ``n_evals``."""
+class Job:
+    """One stream of evaluations the runner accumulates: a design on a seed, its statistics, its model.
 
+    ``key`` names the job in a store and in a result (a design's name for
+    :func:`~mcdiff.runner.estimate`); ``design`` is the job's address layout (its extendable
+    form); ``variant``, when given, is a picklable callable ``sampler -> sampler`` applied where
+    the block runs (e.g. the two fidelities of a multi-fidelity level on the same noise).
+    """
+
+    key: str
     design: Design
+    seed: int
+    statistics: tuple[Statistic, ...]
+    variant: Callable[[Sampler], Sampler] | None = None
+
+
+@dataclass(frozen=True)
+class Block:
+    """Evaluations ``start .. stop - 1`` of ``job`` in a run of ``n_evals``."""
+
+    job: Job
     n_evals: int
     start: int
     stop: int
+
+    @property
+    def design(self) -> Design:
+        """The job's design."""
+        return self.job.design
+
+
+def evaluate_block(sampler: Sampler, batch_size: int, block: Block) -> dict[str, np.ndarray]:
+    """:func:`evaluate_design` of one block on ``sampler`` (already the job's variant)."""
+    job = block.job
+    return evaluate_design(
+        sampler, job.statistics, job.design, block.n_evals, job.seed, batch_size, start=block.start, stop=block.stop
+    )
 
 
 def _check_images(images: torch.Tensor, count: int, sampler: Sampler) -> None:
@@ -99,26 +130,6 @@ def evaluate_design(
                 values[stat.name][lo - first : hi - first] = batch
             on_batch(hi - lo)
         return values
-
-
-def sample_images(
-    sampler: Sampler,
-    design: Design,
-    n_evals: int,
-    seed: int,
-    batch_size: int,
-    *,
-    start: int = 0,
-    stop: int | None = None,
-) -> np.ndarray:
-    """Images ``(stop - start, C, H, W)`` of evaluations ``start .. stop - 1`` of a run of ``n_evals``.
-
-    What estimation hands its statistics at those addresses (:func:`evaluate_design` with
-    :data:`~mcdiff.functionals.pixel_mean`, as float64): the same noise, generated in the
-    sampler's dtype on its device, in batches of ``batch_size``.
-    """
-    values = evaluate_design(sampler, [pixel_mean], design, n_evals, seed, batch_size, start=start, stop=stop)
-    return values["pixel_mean"]
 
 
 def _one_ahead(pool: Executor, make: Callable, arguments: Sequence[tuple]) -> Iterator:

@@ -6,6 +6,7 @@ import argparse
 import logging
 import subprocess
 import sys
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from mcdiff.inverse import MASKS, InpaintingProblem, make_mask
 from mcdiff.models import ANALYTIC, BUNDLED, load_model
 from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity, parse_fidelity
 from mcdiff.results import RESULT_SUFFIXES, check_result_path, format_levels, format_table, save_result
-from mcdiff.runner import estimate
+from mcdiff.runner import DRAWS, DRAWS_LIMIT, estimate
 from mcdiff.samplers.dps import check_zeta
 from mcdiff.samplers.schedulers import SUPPORTED_SCHEDULERS
 
@@ -76,10 +77,30 @@ def _dask_options(p) -> None:
     p.add_argument("--scheduler", action=_RenamedOption, new="--dask-scheduler")
 
 
+def _store_options(p) -> None:
+    p.add_argument(
+        "--store", type=Path, help="result store directory: what is computed is saved as it comes; rerun to resume"
+    )
+    p.add_argument("--block-size", type=int, help="evaluations per block / Dask task (default: a batch)")
+
+
+@contextmanager
+def _executor(address: str | None):
+    """A Dask executor on the scheduler at ``address``, or ``None`` (this process)."""
+    if not address:
+        yield None
+        return
+    # a lost scheduler is reported in one line (SchedulerLost); the client's own log of it is noise
+    logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
+    with DaskExecutor(address) as executor:
+        yield executor
+
+
 def _add_estimate(sub, parents) -> None:
     p = sub.add_parser(
         "estimate", help="estimate statistics with CIs under several noise designs",
-        parents=[parents["model"], parents["run"], parents["confidence"], parents["solver"], parents["dask"]],
+        parents=[parents["model"], parents["run"], parents["confidence"], parents["solver"], parents["dask"],
+                 parents["store"]],
     )
     p.add_argument("--steps", type=int, default=20, help="sampling steps (default 20)")
     p.add_argument(
@@ -104,10 +125,9 @@ def _add_estimate(sub, parents) -> None:
     inverse.add_argument("--measurement-seed", type=int,
                          help="seed of the measurement noise and the random mask (default 0)")
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-result.nc"), help=RESULT_HELP)
-    p.add_argument(
-        "--store", type=Path, help="result store directory: blocks are saved as computed; rerun to resume"
-    )
-    p.add_argument("--block-size", type=int, help="evaluations per block / Dask task (default: a batch)")
+    p.add_argument("--draws", choices=list(DRAWS), default="auto",
+                   help="where per-evaluation values go: auto (in the result when they fit in "
+                   f"{DRAWS_LIMIT // 2**20} MiB per design), memory, store (its block files), none")
     p.add_argument("--target-ci-width", type=float, help="stop when CI width <= this (doubling n)")
     p.add_argument("--target-rel-width", type=float, help="stop when CI width <= this · |estimate|")
     p.add_argument("--max-evals", type=int, help="budget cap per design for sequential stopping")
@@ -175,14 +195,10 @@ def _run_estimate(args) -> None:
         target_ci_width=args.target_ci_width,
         target_rel_width=args.target_rel_width,
         max_evals=args.max_evals,
+        draws=args.draws,
     )
-    if args.dask_scheduler:
-        # a lost scheduler is reported in one line (SchedulerLost); the client's own log of it is noise
-        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
-        with DaskExecutor(args.dask_scheduler) as executor:
-            result = estimate(model, executor=executor, **options)
-    else:
-        result = estimate(model, **options)
+    with _executor(args.dask_scheduler) as executor:
+        result = estimate(model, executor=executor, **options)
     print(format_table(result))
     summary = result["summary"]
     if "stopping_rounds" in summary.attrs:
@@ -197,7 +213,7 @@ def _add_multifidelity(sub, parents) -> None:
         "multifidelity",
         help="estimate statistics at the finest of several step counts with multilevel Monte Carlo "
         "or a control variate, the cheap samplers run on the same noise",
-        parents=[parents["model"], parents["run"], parents["confidence"]],
+        parents=[parents["model"], parents["run"], parents["confidence"], parents["dask"], parents["store"]],
     )
     p.add_argument("--fidelities", type=_fidelity, nargs="+", default=[4, 12, 50], metavar="[SOLVER:]STEPS",
                    help="levels coarse to fine (default 4 12 50): step counts of DDIM, strictly increasing, or "
@@ -217,7 +233,8 @@ def _add_multifidelity(sub, parents) -> None:
     budget.add_argument("-n", "--n-evals", type=int, nargs="+", help="evaluations per level instead of a budget")
     p.add_argument("--pilot", type=int, default=64, help="evaluations per level of the pilot run (default 64)")
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-multifidelity.nc"),
-                   help=f"{RESULT_HELP}; with several methods, one file per method (suffix -mlmc, -cv)")
+                   help=f"{RESULT_HELP}; with several methods, one file per method (suffix -mlmc, -cv) "
+                   "and one store per method (STORE/mlmc, STORE/cv)")
     p.set_defaults(run=_run_multifidelity)
 
 
@@ -235,7 +252,8 @@ def _run_multifidelity(args) -> None:
         outputs = {m: args.output.with_name(f"{args.output.stem}-{m}{args.output.suffix}") for m in args.method}
     for output in outputs.values():
         check_result_path(output)
-    sampler = load_model(args.model, parse_fidelity(args.fidelities[-1]).steps)
+    # a factory: Dask workers build the model
+    model = partial(load_model, args.model, parse_fidelity(args.fidelities[-1]).steps)
     if args.n_evals is not None:
         budget = None
     else:
@@ -243,20 +261,27 @@ def _run_multifidelity(args) -> None:
     designs = [d.split("/") if "/" in d else d for d in args.designs]
     for method in args.method:
         check_method(method, args.fidelities)
+    stores = {method: args.store for method in args.method}
+    if args.store is not None and len(args.method) > 1:
+        stores = {method: args.store / method for method in args.method}
     for method in args.method:
-        result = estimate_multifidelity(
-            sampler,
-            statistics=args.statistics,
-            fidelities=args.fidelities,
-            designs=designs,
-            method=method,
-            budget_nfe=budget,
-            n_evals=args.n_evals,
-            pilot=args.pilot,
-            seed=args.seed,
-            confidence=args.confidence,
-            batch_size=args.batch_size,
-        )
+        with _executor(args.dask_scheduler) as executor:
+            result = estimate_multifidelity(
+                model,
+                statistics=args.statistics,
+                fidelities=args.fidelities,
+                designs=designs,
+                method=method,
+                budget_nfe=budget,
+                n_evals=args.n_evals,
+                pilot=args.pilot,
+                seed=args.seed,
+                confidence=args.confidence,
+                batch_size=args.batch_size,
+                store=stores[method],
+                executor=executor,
+                block_size=args.block_size,
+            )
         print(format_table(result))
         print()
         print(format_levels(result))
@@ -356,7 +381,7 @@ def _run_demo(args) -> None:
 
     import torch
 
-    from mcdiff.blocks import sample_images
+    from mcdiff.runner import sample_images
     from mcdiff.designs import Antithetic
     from mcdiff.plots import demo_figure
 
@@ -499,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         "confidence": _parent(_confidence_option),
         "solver": _parent(_solver_option),
         "dask": _parent(_dask_options),
+        "store": _parent(_store_options),
     }
     _add_demo(sub)
     _add_estimate(sub, parents)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mcdiff.blocks import sample_images
+from mcdiff.runner import sample_images
 from mcdiff.designs import Antithetic, Design, MonteCarlo
 from mcdiff.noise import Noise
 from mcdiff.results import mcdiff_version, text_table

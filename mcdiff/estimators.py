@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from mcdiff.moments import GroupMoments
 from mcdiff.validation import check_confidence
 
 SUMMARY_FIELDS = (
@@ -56,14 +57,31 @@ def t_interval(estimate: np.ndarray, std_error: np.ndarray, dof, confidence: flo
 
 
 def group_means(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Means ``(G, *own_shape)`` of ``values`` ``(N, *own_shape)`` over equally sized groups."""
-    labels, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    """Means ``(G, *own_shape)`` of ``values`` ``(N, *own_shape)`` over equally sized groups, in label order."""
+    order, size = _group_order(values, groups)
+    return values[order].reshape(len(order) // size, size, *values.shape[1:]).mean(axis=1)
+
+
+def _group_order(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, int]:
+    """The row order that puts groups in label order (rows of a group in their order), and the group size."""
+    groups = np.asarray(groups)
     if len(values) != len(groups):
         raise ValueError(f"{len(values)} values but {len(groups)} group ids")
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
     if counts.min() != counts.max():
         raise ValueError(f"groups must be equally sized, got sizes {counts.min()} to {counts.max()}")
-    order = np.argsort(inverse, kind="stable")
-    return values[order].reshape(len(labels), counts[0], *values.shape[1:]).mean(axis=1)
+    return np.argsort(inverse, kind="stable"), int(counts[0])
+
+
+def moments_of(values: np.ndarray, groups: np.ndarray) -> GroupMoments:
+    """The :class:`~mcdiff.moments.GroupMoments` of ``values`` ``(N, *own_shape)`` with group ids ``(N,)``.
+
+    Groups are folded in label order; for a design's contiguous groups that is address order,
+    so this equals the runner's streaming accumulation bit for bit.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    order, size = _group_order(values, groups)
+    return GroupMoments.from_values(values[order], size)
 
 
 def summarize(values: np.ndarray, groups: np.ndarray, confidence: float = 0.95) -> dict[str, np.ndarray]:
@@ -81,20 +99,28 @@ def summarize(values: np.ndarray, groups: np.ndarray, confidence: float = 0.95) 
     Returns
     -------
     dict
+        As :func:`summarize_moments`.
+    """
+    confidence = check_confidence(confidence)
+    return summarize_moments(moments_of(values, groups), confidence)
+
+
+def summarize_moments(moments: GroupMoments, confidence: float = 0.95) -> dict[str, np.ndarray]:
+    """The fields of :data:`SUMMARY_FIELDS` from a design's accumulated group moments.
+
+    Returns
+    -------
+    dict
         ``{field: array (*own_shape)}`` for every field of :data:`SUMMARY_FIELDS`;
         ``relative_efficiency_per_nfe`` equals ``relative_efficiency`` (MC on the same sampler
         costs the same per evaluation); ``relative_efficiency_vs_mc`` is NaN here (see
         :func:`relative_efficiency_vs_mc`).
     """
     confidence = check_confidence(confidence)
-    values = np.asarray(values, dtype=np.float64)
-    g = group_means(values, np.asarray(groups))
-    n_groups, n_evals = len(g), len(values)
-    if n_groups < 2:
-        raise ValueError(f"at least 2 groups are needed for a standard error, got {n_groups}")
-    estimate = g.mean(axis=0)
-    std_error = g.std(axis=0, ddof=1) / np.sqrt(n_groups)
-    variance = ((values - values.mean(axis=0)) ** 2).mean(axis=0) + std_error**2
+    n_groups, n_evals = moments.n_groups, moments.n_evals
+    std_error = np.sqrt(moments.group_variance() / n_groups)
+    estimate = moments.mean()
+    variance = moments.pooled_variance() + std_error**2
     with np.errstate(divide="ignore", invalid="ignore"):
         efficiency = variance / (n_evals * std_error**2)
     return {
@@ -117,19 +143,6 @@ def variance_interval(
 ) -> dict[str, np.ndarray]:
     """The per-evaluation variance ``sigma^2 = Var f(z)`` with a delta-method t-interval.
 
-    The estimate is :func:`summarize`'s ``variance_per_eval``. It is a smooth function of the
-    design's means of ``x`` and ``x^2``; linearized at the true mean ``mu`` (where the
-    derivative in the mean vanishes) it is the design's mean of ``h_i = (x_i - mu)^2`` up to
-    ``O(1/N)``. So, with ``h_i = (x_i - xbar)^2`` and its group means ``g^h_k``::
-
-        std_error = s_{g^h} / sqrt(G)
-        CI        = sigma^2 ± t_{G-1, (1+c)/2} · std_error
-
-    The interval is asymptotic: ``h`` is skewed (a scaled chi-square for Gaussian ``x``), so
-    with few groups it covers a little less than ``c``. A design that narrows the interval of
-    the mean need not narrow this one: antithetic partners of a near-affine sampler have
-    nearly equal ``h``, so their pairs are worth about one evaluation each here.
-
     Parameters
     ----------
     values : array (N, *own_shape)
@@ -140,16 +153,41 @@ def variance_interval(
     Returns
     -------
     dict
+        As :func:`spread_interval`.
+    """
+    confidence = check_confidence(confidence)
+    return spread_interval(moments_of(values, groups), confidence)
+
+
+def spread_interval(moments: GroupMoments, confidence: float = 0.95) -> dict[str, np.ndarray]:
+    """The per-evaluation variance ``sigma^2`` with a delta-method t-interval, from group moments.
+
+    The estimate is :func:`summarize_moments`' ``variance_per_eval``. It is a smooth function
+    of the design's means of ``x`` and ``x^2``; linearized at the true mean ``mu`` (where the
+    derivative in the mean vanishes) it is the design's mean of ``h_i = (x_i - mu)^2`` up to
+    ``O(1/N)``. So, with ``h_i = (x_i - xbar)^2`` and its group means ``g^h_k``
+    (:meth:`~mcdiff.moments.GroupMoments.spread_group_variance`)::
+
+        std_error = s_{g^h} / sqrt(G)
+        CI        = sigma^2 ± t_{G-1, (1+c)/2} · std_error
+
+    The interval is asymptotic: ``h`` is skewed (a scaled chi-square for Gaussian ``x``), so
+    with few groups it covers a little less than ``c``. A design that narrows the interval of
+    the mean need not narrow this one: antithetic partners of a near-affine sampler have
+    nearly equal ``h``, so their pairs are worth about one evaluation each here.
+
+    Returns
+    -------
+    dict
         ``{field: array (*own_shape)}`` for every field of :data:`VARIANCE_FIELDS`.
     """
-    values = np.asarray(values, dtype=np.float64)
-    estimate = summarize(values, groups, confidence)["variance_per_eval"]
-    spread = summarize((values - values.mean(axis=0)) ** 2, groups, confidence)
-    n_groups = len(np.unique(groups))
+    confidence = check_confidence(confidence)
+    estimate = summarize_moments(moments, confidence)["variance_per_eval"]
+    std_error = np.sqrt(moments.spread_group_variance() / moments.n_groups)
     return {
         "estimate": estimate,
-        "std_error": spread["std_error"],
-        **t_interval(estimate, spread["std_error"], n_groups - 1, confidence),
+        "std_error": std_error,
+        **t_interval(estimate, std_error, moments.n_groups - 1, confidence),
     }
 
 

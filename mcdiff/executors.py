@@ -1,10 +1,13 @@
 """Executors: where blocks of evaluations run, in this process or on a Dask cluster.
 
-A :class:`Block` is a contiguous range of addresses of one design that never splits a group
-(an antithetic pair or an RQMC replicate). An executor turns blocks into statistic values by
-calling :func:`mcdiff.blocks.evaluate_design` on them, wherever the model lives. Only the
-block's description travels: the noise is regenerated where the block runs, from
+A :class:`~mcdiff.blocks.Block` is a contiguous range of addresses of one job (a design on a
+seed, its statistics, its model variant) that never splits a group (an antithetic pair or an
+RQMC replicate). An executor turns blocks into statistic values by calling
+:func:`mcdiff.blocks.evaluate_block` on them, wherever the model lives. Only the block's
+description travels: the noise is regenerated where the block runs, from
 ``(seed, design, address)``, so the values do not depend on which worker ran which block.
+The Dask executor keeps a bounded number of blocks in flight, so the values waiting to be
+accumulated in address order stay bounded too.
 
 A model reaches an executor as a :class:`~mcdiff.samplers.Sampler` (local only) or as a
 *factory*: a picklable callable with no arguments that builds the sampler, e.g.
@@ -16,15 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from mcdiff.blocks import Block, evaluate_design
-from mcdiff.functionals import Statistic
+from mcdiff.blocks import Block, evaluate_block
 from mcdiff.samplers.base import Sampler
 
 Model = Sampler | Callable[[], Sampler]
@@ -45,10 +47,29 @@ def _info(sampler: Sampler) -> ModelInfo:
     return ModelInfo(dict(sampler.describe()), spec, tuple(sampler.image_shape))
 
 
-def _evaluate(sampler: Sampler, statistics: Sequence[Statistic], seed: int, batch_size: int, block: Block):
-    return evaluate_design(
-        sampler, statistics, block.design, block.n_evals, seed, batch_size, start=block.start, stop=block.stop
-    )
+_VARIANTS: dict = {}
+_VARIANTS_LOCK = threading.Lock()
+
+
+def _variant(sampler: Sampler, variant: Callable[[Sampler], Sampler] | None) -> Sampler:
+    """``variant(sampler)``, built once per process for each (sampler, variant) and kept (at most 8)."""
+    if variant is None:
+        return sampler
+    with _VARIANTS_LOCK:
+        key = (id(sampler), variant)
+        held = _VARIANTS.get(key)
+        if held is None or held[0] is not sampler:
+            if len(_VARIANTS) >= 8:
+                _VARIANTS.clear()
+            built = variant(sampler)
+            if not _is_sampler(built):
+                raise ValueError(f"the model variant {variant!r} returned {type(built).__name__}, not a Sampler")
+            held = _VARIANTS[key] = (sampler, built)
+        return held[1]
+
+
+def _evaluate(sampler: Sampler, batch_size: int, block: Block) -> dict[str, np.ndarray]:
+    return evaluate_block(_variant(sampler, block.job.variant), batch_size, block)
 
 
 class LocalExecutor:
@@ -69,18 +90,17 @@ class LocalExecutor:
         """Settings and noise spec of ``model``."""
         return _info(self._load(model))
 
+    def inspect(self, model: Model, question: Callable[[Sampler], object]) -> object:
+        """``question(sampler)``, asked where the model lives (here)."""
+        return question(self._load(model))
+
     def evaluate(
-        self,
-        model: Model,
-        statistics: Sequence[Statistic],
-        seed: int,
-        batch_size: int,
-        blocks: Iterable[Block],
+        self, model: Model, batch_size: int, blocks: Iterable[Block]
     ) -> Iterator[tuple[Block, dict[str, np.ndarray]]]:
         """Yield ``(block, {statistic: (stop - start, *own_shape)})`` for every block, in order."""
         sampler = self._load(model)
         for block in blocks:
-            yield block, _evaluate(sampler, statistics, seed, batch_size, block)
+            yield block, _evaluate(sampler, batch_size, block)
 
 
 def _is_sampler(model) -> bool:
@@ -122,12 +142,12 @@ def _worker_sampler(key: str, factory: Callable[[], Sampler]) -> Sampler:
         return _WORKER_MODEL[key]
 
 
-def _describe_on_worker(key: str, factory: Callable[[], Sampler]) -> ModelInfo:
-    return _info(_worker_sampler(key, factory))
+def _inspect_on_worker(key: str, factory: Callable[[], Sampler], question: Callable[[Sampler], object]):
+    return question(_worker_sampler(key, factory))
 
 
-def _evaluate_on_worker(key, factory, statistics, seed, batch_size, block) -> dict[str, np.ndarray]:
-    return _evaluate(_worker_sampler(key, factory), statistics, seed, batch_size, block)
+def _evaluate_on_worker(key, factory, batch_size, block) -> dict[str, np.ndarray]:
+    return _evaluate(_worker_sampler(key, factory), batch_size, block)
 
 
 class SchedulerLost(ConnectionError):
@@ -205,7 +225,11 @@ class DaskExecutor:
 
     def describe(self, model: Model) -> ModelInfo:
         """Settings and noise spec of ``model``, read on a worker (which then keeps the model)."""
-        future = self.client.submit(_describe_on_worker, self._key(model), model, pure=False)
+        return self.inspect(model, _info)
+
+    def inspect(self, model: Model, question: Callable[[Sampler], object]) -> object:
+        """``question(sampler)``, asked on a worker (which then keeps the model); ``question`` must pickle."""
+        future = self.client.submit(_inspect_on_worker, self._key(model), model, question, pure=False)
         with self._translating_loss():
             return future.result()
 
@@ -223,36 +247,47 @@ class DaskExecutor:
             ) from None
 
     def evaluate(
-        self,
-        model: Model,
-        statistics: Sequence[Statistic],
-        seed: int,
-        batch_size: int,
-        blocks: Iterable[Block],
+        self, model: Model, batch_size: int, blocks: Iterable[Block], in_flight: int | None = None
     ) -> Iterator[tuple[Block, dict[str, np.ndarray]]]:
-        """Yield ``(block, {statistic: (stop - start, *own_shape)})`` as blocks finish, in any order."""
+        """Yield ``(block, {statistic: (stop - start, *own_shape)})`` as blocks finish, in any order.
+
+        At most ``in_flight`` blocks (by default twice the cluster's worker threads, at least 2)
+        are submitted at a time, in address order; the next one goes out as one comes back.
+        """
         from distributed import KilledWorker, as_completed
 
         key = self._key(model)
-        futures = {
-            self.client.submit(
-                _evaluate_on_worker, key, model, statistics, seed, batch_size, b, pure=False
-            ): b
-            for b in blocks
-        }
+        if in_flight is None:
+            in_flight = max(2, 2 * sum(self.client.nthreads().values()))
+        pending = iter(blocks)
+        futures: dict = {}
+
+        def submit() -> None:
+            block = next(pending, None)
+            if block is not None:
+                future = self.client.submit(_evaluate_on_worker, key, model, batch_size, block, pure=False)
+                futures[future] = block
+                running.add(future)
+
+        running = as_completed()
+        for _ in range(in_flight):
+            submit()
         try:
-            for future in as_completed(futures):
-                block = futures[future]
+            for future in running:
+                block = futures.pop(future)
                 try:
                     with self._translating_loss():
                         values = future.result()
                 except KilledWorker as err:
                     raise RuntimeError(
-                        f"block [{block.start}, {block.stop}) of design {block.design.name!r} killed every "
+                        f"block [{block.start}, {block.stop}) of design {block.design.name!r}"
+                        + (f" (job {block.job.key!r})" if block.job.key != block.design.name else "")
+                        + " killed every "
                         f"worker that ran it ({err}); blocks already written to a store are kept: rerun "
                         "with the same store to resume"
                     ) from err
+                submit()
                 yield block, values
         finally:
-            if self.client.status == "running":  # a lost scheduler has cancelled them already
+            if futures and self.client.status == "running":  # a lost scheduler has cancelled them already
                 self.client.cancel(list(futures))

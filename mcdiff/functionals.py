@@ -49,6 +49,11 @@ class Statistic:
             return self.dims
         return tuple(f"{self.name}_dim_{k}" for k in range(values.ndim - 1))
 
+    def layout(self, value: np.ndarray) -> tuple[tuple[str, ...], dict]:
+        """``(own_dims, coords)`` of one evaluation's value ``(*own_shape)``: dim names and their coordinates."""
+        dims = self.own_dims(np.asarray(value)[None])
+        return dims, {d: self.coords[d] for d in dims if d in self.coords}
+
     def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """Values ``(B, *own_shape)`` as float64: real numbers, one row per image, ``dims`` as declared."""
         images = torch.as_tensor(images)

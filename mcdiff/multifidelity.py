@@ -36,26 +36,31 @@ defined.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
 
-from mcdiff.blocks import evaluate_design
+from mcdiff.blocks import Job
 from mcdiff.designs import Design, get_design, stream_seed
 from mcdiff.estimators import (
     combine_levels,
     control_variate_coefficient,
     level_allocation,
     summarize,
+    summarize_moments,
 )
-from mcdiff.functionals import Statistic, get_statistic
-from mcdiff.results import CombinationEstimate, build_multifidelity_result
+from mcdiff.executors import DaskExecutor, LocalExecutor, ModelInfo, check_model
+from mcdiff.functionals import Statistic, get_statistic, statistic_identity
+from mcdiff.noise import GENERATOR
+from mcdiff.results import CombinationEstimate, build_multifidelity_result, mcdiff_version
+from mcdiff.runner import Evaluations, check_block_size, progress_bar, run_guarded
+from mcdiff.store import ResultStore
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.schedulers import scheduler_class
 from mcdiff.validation import check_batch_size, check_confidence, check_seed, check_unique_names, is_integer
@@ -228,13 +233,6 @@ def _check_level_n(design: Design, n: int, level: int, fidelity: Fidelity, what:
         ) from None
 
 
-def _level_values(fine: dict, coarse: dict | None, beta: dict) -> dict[str, np.ndarray]:
-    """Values of one level: ``f_l - beta f_{l-1}`` per statistic (``f_0`` alone at level 0)."""
-    if coarse is None:
-        return dict(fine)
-    return {name: fine[name] - beta[name] * coarse[name] for name in fine}
-
-
 class _CoupledSampler(Sampler):
     """Two fidelities of one sampler on the same noise: images ``(B, 2C, H, W)``, fine first.
 
@@ -257,29 +255,51 @@ class _CoupledSampler(Sampler):
         return torch.cat([self.fine(noise), self.coarse(noise)], dim=1)
 
 
+@dataclass(frozen=True)
+class LevelSampler:
+    """The model variant of one level (:class:`~mcdiff.blocks.Job`): fidelity ``level`` alone, or
+    coupled with the one below it (``coupled``), built from the base sampler where blocks run."""
+
+    fidelities: tuple[Fidelity, ...]
+    level: int
+    coupled: bool
+
+    def __call__(self, sampler: Sampler) -> Sampler:
+        samplers = fidelity_samplers(sampler, self.fidelities)
+        if not self.coupled:
+            return samplers[self.level]
+        return _CoupledSampler(samplers[self.level], samplers[self.level - 1])
+
+
+@dataclass(frozen=True)
+class _LevelFacts:
+    """What the estimator needs to know of the levels, asked where the model lives."""
+
+    fidelities: tuple[Fidelity, ...]
+
+    def __call__(self, sampler: Sampler) -> dict:
+        samplers = fidelity_samplers(sampler, self.fidelities)
+        return {
+            "sample_nfe": [int(s.nfe) for s in samplers],
+            "solvers": [solver_name(s) for s in samplers],
+            "settings": dict(samplers[-1].describe()),
+        }
+
+
 def _on_channels(stat: Statistic, part: str, channels: int) -> Statistic:
     """``stat`` of the fine (first ``channels``) or coarse (last) half of coupled images."""
     window = slice(0, channels) if part == "fine" else slice(channels, 2 * channels)
     return Statistic(f"{part}:{stat.name}", lambda images: stat(images[:, window]), stat.dims, stat.coords)
 
 
-class _LevelRunner:
-    """Runs the coupled evaluations of one level: the same addresses at both fidelities."""
+def _level_statistic(stat: Statistic, beta: np.ndarray, channels: int) -> Statistic:
+    """The level values ``f_l - beta f_{l-1}`` of coupled images, named as ``stat``."""
+    beta = np.asarray(beta, dtype=np.float64)
 
-    def __init__(self, samplers, stats, seed, batch_size, on_batch: Callable[[int], None]):
-        self.samplers, self.stats, self.seed = samplers, stats, seed
-        self.batch_size, self.on_batch = batch_size, on_batch
-        channels = samplers[0].image_shape[0]
-        self.coupled_stats = [_on_channels(s, part, channels) for part in ("fine", "coarse") for s in stats]
+    def values(images):
+        return stat(images[:, :channels]) - beta * stat(images[:, channels:])
 
-    def __call__(self, level: int, design: Design, n: int, stage: int):
-        """``(f_l values, f_{l-1} values)`` on the same addresses; ``(f_0 values, None)`` at level 0."""
-        seed = stream_seed(self.seed, stage, level)
-        if level == 0:
-            return evaluate_design(self.samplers[0], self.stats, design, n, seed, self.batch_size, self.on_batch), None
-        coupled = _CoupledSampler(self.samplers[level], self.samplers[level - 1])
-        values = evaluate_design(coupled, self.coupled_stats, design, n, seed, self.batch_size, self.on_batch)
-        return tuple({s.name: values[f"{part}:{s.name}"] for s in self.stats} for part in ("fine", "coarse"))
+    return Statistic(stat.name, values, stat.dims, stat.coords)
 
 
 def estimate_multifidelity(
@@ -295,15 +315,24 @@ def estimate_multifidelity(
     confidence: float = 0.95,
     batch_size: int = 256,
     progress: bool | None = None,
+    *,
+    store: str | Path | None = None,
+    executor: LocalExecutor | DaskExecutor | None = None,
+    block_size: int | None = None,
 ) -> xr.DataTree:
     """Estimate ``E[f(G_L(z))]`` at the finest fidelity with a multi-fidelity estimator.
 
+    Every evaluation runs through the runner's loop (:class:`~mcdiff.runner.Evaluations`): one
+    progress bar, the store and its resume, the Dask executor, values accumulated in address
+    order, so the result is the same bit for bit locally, on Dask and after a resume.
+
     Parameters
     ----------
-    sampler : Sampler
+    sampler : Sampler or factory
         A deterministic sampler with ``with_steps`` (e.g. DDIM with ``eta=0``), and
         ``with_scheduler`` for levels with a solver of their own (as
         :class:`~mcdiff.samplers.diffusion.DiffusionSampler` has); its own step count is not used.
+        A picklable factory that builds it for :class:`~mcdiff.executors.DaskExecutor`.
     statistics : sequence
         As for :func:`~mcdiff.runner.estimate`. The first one drives the allocation (its
         pilot variances averaged over its components).
@@ -337,6 +366,13 @@ def estimate_multifidelity(
         Evaluations per sampler call; rounded down to whole pairs.
     progress : bool, optional
         Show a progress bar; by default only when stderr is a terminal.
+    store : path, optional
+        Directory of a :class:`~mcdiff.store.ResultStore` for the pilot's and the levels'
+        evaluations; a rerun with the same store resumes (a store of another run is refused).
+    executor : LocalExecutor or DaskExecutor, optional
+        Where blocks run; by default in this process.
+    block_size : int, optional
+        Evaluations per block, as for :func:`~mcdiff.runner.estimate`.
 
     Returns
     -------
@@ -356,6 +392,7 @@ def estimate_multifidelity(
     >>> int(result["summary"]["nfe"].sel(design="mlmc+amc"))
     288
     """
+    check_model(sampler)
     seed = check_seed(seed)
     confidence = check_confidence(confidence)
     levels = check_fidelities(fidelities)
@@ -364,12 +401,15 @@ def estimate_multifidelity(
         raise ValueError("give exactly one of budget_nfe (allocated from a pilot) and n_evals (per level)")
     stats = [get_statistic(s) for s in statistics]
     check_unique_names("statistic", [s.name for s in stats])
+    check_block_size(block_size)
     n_levels = len(levels)
     combos = _resolve_combinations(designs, n_levels)
     labels = [f"{method}+{label}" for label, _ in combos]
     check_unique_names("design combination", labels)
-    samplers = fidelity_samplers(sampler, levels)
-    sample_nfe = [int(s.nfe) for s in samplers]
+    executor = LocalExecutor() if executor is None else executor
+    info = executor.describe(sampler)
+    facts = executor.inspect(sampler, _LevelFacts(levels))
+    sample_nfe = facts["sample_nfe"]
     costs = np.array([sample_nfe[0]] + [a + b for a, b in pairwise(sample_nfe)], dtype=float)
     if budget_nfe is not None:
         pilot_levels = tuple(range(n_levels))
@@ -390,151 +430,198 @@ def estimate_multifidelity(
             f"budget_nfe={budget_nfe!r} is too small: every level gets at least the pilot's {pilot} evaluations, "
             f"{minimum:.0f} NFE at costs {costs.tolist()} per evaluation"
         )
-    if progress is None:
-        progress = sys.stderr.isatty()
-
-    rows = []
-    with tqdm(disable=not progress, unit="eval", desc="mcdiff multifidelity") as bar:
-        run_level = _LevelRunner(samplers, stats, seed, batch_size, bar.update)
-        for (label, level_designs), row_label in zip(combos, labels):
-            bar.set_postfix_str(row_label)
-            rows.append(
-                _estimate_combination(
-                    run_level,
-                    stats,
-                    level_designs,
-                    label=row_label,
-                    method=method,
-                    costs=costs,
-                    fine_nfe=sample_nfe[-1],
-                    budget_nfe=budget_nfe,
-                    n_evals=n_evals,
-                    pilot=pilot,
-                    pilot_levels=pilot_levels,
-                    confidence=confidence,
-                )
-            )
+    inputs = {
+        "method": method,
+        "fidelities": [str(f) for f in levels],
+        "combinations": {label: [repr(d) for d in ds] for label, (_, ds) in zip(labels, combos)},
+        "budget_nfe": budget_nfe,
+        "n_evals": None if n_evals is None else [int(n) for n in n_evals],
+        "pilot": pilot,
+    }
+    plan = _Plan(levels, stats, seed, info.image_shape, costs, confidence)
+    with (
+        ResultStore.open(store, _fingerprint(info, seed, inputs, stats)) if store is not None else nullcontext() as results,
+        progress_bar(progress, "mcdiff multifidelity") as bar,
+    ):
+        loop = Evaluations(sampler, executor, batch_size, block_size, results, "none", bar)
+        pilots = [
+            {level: plan.job(label, level, design, pilot, _PILOT, loop) for level, design in enumerate(ds) if level in pilot_levels}
+            for label, (_, ds) in zip(labels, combos)
+        ]
+        run_guarded(loop, [(job, pilot) for jobs in pilots for job in jobs.values()], store)
+        fits = [
+            plan.fit(loop, jobs, ds, method, budget_nfe, n_evals, pilot) for jobs, (_, ds) in zip(pilots, combos)
+        ]
+        finals = [
+            [plan.job(label, level, design, n, _FINAL, loop, fit.beta) for level, (design, n) in enumerate(zip(ds, fit.counts))]
+            for label, (_, ds), fit in zip(labels, combos, fits)
+        ]
+        run_guarded(loop, [(job, n) for jobs, fit in zip(finals, fits) for job, n in zip(jobs, fit.counts)], store)
+        rows = [
+            plan.combine(loop, label, ds, jobs, fit, method, sample_nfe[-1], pilot, pilot_levels)
+            for label, (_, ds), jobs, fit in zip(labels, combos, finals, fits)
+        ]
     attrs = {
-        **samplers[-1].describe(),
+        **facts["settings"],
         "seed": seed,
         "method": method,
         "fidelities": [f.steps for f in levels],
-        "solvers": [solver_name(s) for s in samplers],
+        "solvers": facts["solvers"],
         "budget_nfe": -1 if budget_nfe is None else int(budget_nfe),
         "allocated_for": stats[0].name,
         "interval": "t with Welch-Satterthwaite degrees of freedom over independent levels",
     }
-    level_info = {
-        "solver": [solver_name(s) for s in samplers],
-        "steps": [f.steps for f in levels],
-        "sample_nfe": sample_nfe,
-    }
+    level_info = {"solver": facts["solvers"], "steps": [f.steps for f in levels], "sample_nfe": sample_nfe}
     return build_multifidelity_result(rows, stats, level_info, confidence, attrs)
 
 
-def _estimate_combination(
-    run_level: _LevelRunner,
-    stats: Sequence[Statistic],
-    level_designs: Sequence[Design],
-    *,
-    label: str,
-    method: str,
-    costs: np.ndarray,
-    fine_nfe: int,
-    budget_nfe: int | None,
-    n_evals: Sequence[int] | None,
-    pilot: int,
-    pilot_levels: tuple[int, ...],
-    confidence: float,
-) -> CombinationEstimate:
-    """Pilot, coefficients, allocation, final run and summaries of one design combination.
+def _fingerprint(info: ModelInfo, seed: int, inputs: dict, stats: Sequence[Statistic]) -> dict:
+    """What determines every stored value of a multi-fidelity run (as the runner's, with its levels)."""
+    return {
+        "model": info.settings,
+        "seed": seed,
+        "multifidelity": inputs,
+        "statistics": [s.name for s in stats],
+        "statistic_identity": {s.name: statistic_identity(s, info.image_shape) for s in stats},
+        "noise_spec": info.noise_spec,
+        "noise_generator": GENERATOR,
+        "mcdiff_version": mcdiff_version(),
+    }
 
-    ``costs`` ``(L,)`` are the NFE of one evaluation per level and ``fine_nfe`` those of one
-    sample at the finest fidelity; exactly one of ``budget_nfe`` (allocated from the pilot) and
-    ``n_evals`` (per level) is given; ``pilot_levels`` are the levels the pilot runs on.
 
-    Efficiency is against plain MC at the finest fidelity: ``sigma_L^2 / (N · std_error^2)`` per
-    evaluation (``N = sum_l n_l`` noise addresses) and ``sigma_L^2 c_L / ((NFE + pilot NFE) ·
-    std_error^2)`` per NFE, with ``sigma_L^2`` the pooled variance of ``f_L`` at the top level and
-    ``c_L`` its NFE per sample.
-    """
-    n_levels = len(level_designs)
-    pilot_runs = {level: run_level(level, level_designs[level], pilot, _PILOT) for level in pilot_levels}
-    if method == "cv":
-        fine, coarse = pilot_runs[1]
-        beta = {s.name: control_variate_coefficient(fine[s.name], coarse[s.name]) for s in stats}
-        weights = {s.name: np.stack([beta[s.name], np.ones_like(beta[s.name])]) for s in stats}
-    else:
-        beta = {s.name: np.float64(1.0) for s in stats}
-        weights = {s.name: np.ones(n_levels) for s in stats}
-    pilot_variance = {s.name: {} for s in stats}
-    for level, (fine, coarse) in pilot_runs.items():
-        values = _level_values(fine, coarse, beta)
-        groups = level_designs[level].group_ids(pilot)
-        for s in stats:
-            pilot_variance[s.name][level] = pilot * summarize(values[s.name], groups, confidence)["std_error"] ** 2
-    if budget_nfe is not None:
-        first = stats[0].name
-        weighted = [np.mean(weights[first][level] ** 2 * pilot_variance[first][level]) for level in range(n_levels)]
-        wanted = level_allocation(np.array(weighted), costs, budget_nfe)
-        counts = [design.nearest_n(max(n, pilot)) for design, n in zip(level_designs, wanted)]
-    else:
-        counts = [int(n) for n in n_evals]
+@dataclass(frozen=True)
+class _Fit:
+    """What the pilot gives one combination: ``beta``, weights, pilot variances and evaluations per level."""
 
-    level_fields, fine_top = {s.name: [] for s in stats}, None
-    estimates, errors = {s.name: [] for s in stats}, {s.name: [] for s in stats}
-    for level, (design, n) in enumerate(zip(level_designs, counts)):
-        fine, coarse = run_level(level, design, n, _FINAL)
-        values, groups = _level_values(fine, coarse, beta), design.group_ids(n)
-        for s in stats:
-            out = summarize(values[s.name], groups, confidence)
-            estimates[s.name].append(out["estimate"])
-            errors[s.name].append(out["std_error"])
-            coefficient = beta[s.name] if coarse is not None else np.zeros_like(out["estimate"])
-            level_fields[s.name].append(
-                {
-                    "mean": out["estimate"],
-                    "std_error": out["std_error"],
-                    "variance_per_eval": out["variance_per_eval"],
-                    "effective_variance": n * out["std_error"] ** 2,
-                    "pilot_effective_variance": pilot_variance[s.name].get(
-                        level, np.full_like(out["estimate"], np.nan)
-                    ),
-                    "weight": np.broadcast_to(weights[s.name][level], out["estimate"].shape),
-                    "coefficient": np.broadcast_to(coefficient, out["estimate"].shape),
-                }
+    beta: dict[str, np.ndarray]
+    weights: dict[str, np.ndarray]
+    pilot_variance: dict[str, dict[int, np.ndarray]]
+    counts: list[int]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The jobs of a multi-fidelity run and what is computed from their accumulators."""
+
+    levels: tuple[Fidelity, ...]
+    stats: Sequence[Statistic]
+    seed: int
+    image_shape: tuple[int, ...]
+    costs: np.ndarray
+    confidence: float
+
+    def job(self, label: str, level: int, design: Design, n: int, stage: int, loop: Evaluations, beta=None) -> Job:
+        """The job of ``level`` of combination ``label`` at ``stage`` (pilot: values kept; final: level values)."""
+        channels = self.image_shape[0]
+        coupled = level > 0
+        if not coupled:
+            statistics = tuple(self.stats)
+        elif stage == _PILOT:
+            statistics = tuple(_on_channels(s, part, channels) for part in ("fine", "coarse") for s in self.stats)
+        else:
+            statistics = tuple(_level_statistic(s, beta[s.name], channels) for s in self.stats)
+            if level == len(self.levels) - 1:
+                statistics += tuple(_on_channels(s, "fine", channels) for s in self.stats)
+        stage_name = "pilot" if stage == _PILOT else "final"
+        key = f"{label.replace('/', '_')}.L{level}.{stage_name}"
+        job = Job(key, design, stream_seed(self.seed, stage, level), statistics, LevelSampler(self.levels, level, coupled))
+        shape = (channels * (1 + coupled), *self.image_shape[1:])
+        loop.add(job, n, shape, draws="memory" if stage == _PILOT else None)
+        return job
+
+    def fit(self, loop, pilots: dict[int, Job], level_designs, method, budget_nfe, n_evals, pilot) -> _Fit:
+        """``beta`` (``"cv"``), weights, pilot variances and the allocation of one combination."""
+        n_levels = len(level_designs)
+        runs = {}
+        for level, job in pilots.items():
+            values = loop.values(job, pilot)
+            if level == 0:
+                runs[level] = (values, None)
+            else:
+                runs[level] = tuple({s.name: values[f"{part}:{s.name}"] for s in self.stats} for part in ("fine", "coarse"))
+        if method == "cv":
+            fine, coarse = runs[1]
+            beta = {s.name: control_variate_coefficient(fine[s.name], coarse[s.name]) for s in self.stats}
+            weights = {s.name: np.stack([beta[s.name], np.ones_like(beta[s.name])]) for s in self.stats}
+        else:
+            beta = {s.name: np.float64(1.0) for s in self.stats}
+            weights = {s.name: np.ones(n_levels) for s in self.stats}
+        pilot_variance = {s.name: {} for s in self.stats}
+        for level, (fine, coarse) in runs.items():
+            groups = level_designs[level].group_ids(pilot)
+            for s in self.stats:
+                values = fine[s.name] if coarse is None else fine[s.name] - beta[s.name] * coarse[s.name]
+                fields = summarize(values, groups, self.confidence)
+                pilot_variance[s.name][level] = pilot * fields["std_error"] ** 2
+        if budget_nfe is not None:
+            first = self.stats[0].name
+            weighted = [np.mean(weights[first][level] ** 2 * pilot_variance[first][level]) for level in range(n_levels)]
+            wanted = level_allocation(np.array(weighted), self.costs, budget_nfe)
+            counts = [design.nearest_n(max(n, pilot)) for design, n in zip(level_designs, wanted)]
+        else:
+            counts = [int(n) for n in n_evals]
+        return _Fit(beta, weights, pilot_variance, counts)
+
+    def combine(self, loop, label, level_designs, jobs, fit: _Fit, method, fine_nfe, pilot, pilot_levels) -> CombinationEstimate:
+        """Level summaries and their combination for one design combination.
+
+        Efficiency is against plain MC at the finest fidelity: ``sigma_L^2 / (N · std_error^2)`` per
+        evaluation (``N = sum_l n_l`` noise addresses) and ``sigma_L^2 c_L / ((NFE + pilot NFE) ·
+        std_error^2)`` per NFE, with ``sigma_L^2`` the pooled variance of ``f_L`` at the top level and
+        ``c_L`` its NFE per sample.
+        """
+        n_levels, counts = len(level_designs), fit.counts
+        level_fields = {s.name: [] for s in self.stats}
+        estimates, errors = {s.name: [] for s in self.stats}, {s.name: [] for s in self.stats}
+        for level, (job, n) in enumerate(zip(jobs, counts)):
+            moments = loop.moments(job, n)
+            for s in self.stats:
+                out = summarize_moments(moments[s.name], self.confidence)
+                estimates[s.name].append(out["estimate"])
+                errors[s.name].append(out["std_error"])
+                coefficient = fit.beta[s.name] if level > 0 else np.zeros_like(out["estimate"])
+                level_fields[s.name].append(
+                    {
+                        "mean": out["estimate"],
+                        "std_error": out["std_error"],
+                        "variance_per_eval": out["variance_per_eval"],
+                        "effective_variance": n * out["std_error"] ** 2,
+                        "pilot_effective_variance": fit.pilot_variance[s.name].get(
+                            level, np.full_like(out["estimate"], np.nan)
+                        ),
+                        "weight": np.broadcast_to(fit.weights[s.name][level], out["estimate"].shape),
+                        "coefficient": np.broadcast_to(coefficient, out["estimate"].shape),
+                    }
+                )
+        top = loop.moments(jobs[-1], counts[-1])
+        n_groups = np.array([n // d.group_size(n) for d, n in zip(level_designs, counts)])
+        nfe = int(sum(n * c for n, c in zip(counts, self.costs)))
+        pilot_nfe = int(sum(pilot * self.costs[level] for level in pilot_levels))
+        summary = {}
+        for s in self.stats:
+            combined = combine_levels(
+                np.stack(estimates[s.name]), np.stack(errors[s.name]), n_groups, fit.weights[s.name], self.confidence
             )
-        if level == n_levels - 1:
-            fine_top, top_groups = fine, groups
-
-    n_groups = np.array([len(np.unique(d.group_ids(n))) for d, n in zip(level_designs, counts)])
-    nfe = int(sum(n * c for n, c in zip(counts, costs)))
-    pilot_nfe = int(sum(pilot * costs[level] for level in pilot_levels))
-    summary = {}
-    for s in stats:
-        combined = combine_levels(
-            np.stack(estimates[s.name]), np.stack(errors[s.name]), n_groups, weights[s.name], confidence
+            fine_variance = summarize_moments(top[f"fine:{s.name}"], self.confidence)["variance_per_eval"]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_eval = fine_variance / (sum(counts) * combined["std_error"] ** 2)
+                per_nfe = fine_variance * fine_nfe / ((nfe + pilot_nfe) * combined["std_error"] ** 2)
+            summary[s.name] = {
+                **combined,
+                "variance_per_eval": fine_variance,
+                "relative_efficiency": per_eval,
+                "relative_efficiency_per_nfe": per_nfe,
+                "relative_efficiency_vs_mc": np.full_like(per_eval, np.nan),
+            }
+        return CombinationEstimate(
+            label=label,
+            designs=[d.name for d in level_designs],
+            n_evals=counts,
+            n_groups=n_groups.tolist(),
+            pilot_n_evals=[pilot if level in pilot_levels else 0 for level in range(n_levels)],
+            nfe=nfe,
+            pilot_nfe=pilot_nfe,
+            level_costs=self.costs,
+            summary=summary,
+            levels=level_fields,
         )
-        fine_variance = summarize(fine_top[s.name], top_groups, confidence)["variance_per_eval"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            per_eval = fine_variance / (sum(counts) * combined["std_error"] ** 2)
-            per_nfe = fine_variance * fine_nfe / ((nfe + pilot_nfe) * combined["std_error"] ** 2)
-        summary[s.name] = {
-            **combined,
-            "variance_per_eval": fine_variance,
-            "relative_efficiency": per_eval,
-            "relative_efficiency_per_nfe": per_nfe,
-            "relative_efficiency_vs_mc": np.full_like(per_eval, np.nan),
-        }
-    return CombinationEstimate(
-        label=label,
-        designs=[d.name for d in level_designs],
-        n_evals=counts,
-        n_groups=n_groups.tolist(),
-        pilot_n_evals=[pilot if level in pilot_levels else 0 for level in range(n_levels)],
-        nfe=nfe,
-        pilot_nfe=pilot_nfe,
-        level_costs=costs,
-        summary=summary,
-        levels=level_fields,
-    )

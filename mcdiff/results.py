@@ -2,12 +2,19 @@
 
 Schema (see ARCHITECTURE.md):
 
-- ``/draws``: one variable per statistic, dims ``("design", "draw", *own_dims)``, with
-  coordinates ``group(design, draw)`` and ``address(draw)``: enough to recompute everything.
 - ``/summary``: one variable per statistic, dims ``("design", "summary", *own_dims)`` with
   ``summary`` in :data:`~mcdiff.estimators.SUMMARY_FIELDS`, plus ``n_evals(design)`` and
-  ``nfe(design)``; attributes record the confidence level, model, sampler settings, seed and
-  mcdiff version.
+  ``nfe(design)`` and the coordinate ``noise(design)``; attributes record the confidence
+  level, model, sampler settings, seed, mcdiff version and ``draws`` (where per-evaluation
+  values went: ``"memory"``, ``"store"`` or ``"none"``).
+- ``/moments``: one variable per statistic, dims ``("design", "moment", *own_dims)`` with
+  ``moment`` in :data:`~mcdiff.moments.MOMENT_FIELDS`, plus ``n_groups(design)`` and
+  ``group_size(design)``: the streaming accumulators, enough to recompute ``/summary`` and
+  :func:`variance_map` (:func:`result_moments`).
+- ``/draws`` (only where the run kept per-evaluation values in memory): one variable per
+  statistic, dims ``("design", "draw", *own_dims)``, with coordinates ``group(design, draw)``,
+  ``address(draw)`` and ``noise(design)``. Values kept in a store instead are read lazily with
+  :func:`mcdiff.store.open_draws`.
 
 Multi-fidelity results (:func:`build_multifidelity_result`) have the same ``/summary`` (plus
 ``pilot_nfe(design)``) and, instead of ``/draws``, ``/levels``: one variable per statistic,
@@ -36,10 +43,12 @@ from mcdiff.atomic import check_directory, replace_atomically
 from mcdiff.estimators import (
     SUMMARY_FIELDS,
     VARIANCE_FIELDS,
+    moments_of,
     relative_efficiency_vs_mc,
-    summarize,
-    variance_interval,
+    spread_interval,
+    summarize_moments,
 )
+from mcdiff.moments import MOMENT_FIELDS, GroupMoments
 
 LEVEL_FIELDS = (
     "mean",
@@ -65,35 +74,88 @@ def mcdiff_version() -> str:
         return "unknown"
 
 
-def summarize_draws(draws: xr.Dataset, confidence: float, nfe_per_eval: int = 1) -> xr.Dataset:
-    """The ``/summary`` Dataset computed from a ``/draws`` Dataset.
+Layout = dict[str, tuple[tuple[str, ...], dict]]
+"""Per statistic its own dims and their coordinates: ``{name: (own_dims, {dim: values})}``."""
+
+
+def summary_dataset(
+    moments: dict[str, dict[str, GroupMoments]], layout: Layout, confidence: float, nfe_per_eval: int = 1
+) -> xr.Dataset:
+    """The ``/summary`` Dataset from each design's accumulated moments ``{design: {statistic: moments}}``.
 
     ``relative_efficiency_vs_mc`` is filled when design ``"mc"`` is among the designs.
     """
-    designs = list(draws["design"].values)
+    designs = list(moments)
     summary = {}
-    for name, var in draws.data_vars.items():
-        own_dims = var.dims[2:]
+    for name, (own_dims, coords) in layout.items():
         rows = []
         for design in designs:
-            values = var.sel(design=design).values
-            groups = draws["group"].sel(design=design).values
-            fields = summarize(values, groups, confidence)
+            fields = summarize_moments(moments[design][name], confidence)
             rows.append(np.stack([fields[f] for f in SUMMARY_FIELDS]))
         data = np.stack(rows)
         if "mc" in designs:
             width = SUMMARY_FIELDS.index("ci_width")
             vs_mc = SUMMARY_FIELDS.index("relative_efficiency_vs_mc")
             data[:, vs_mc] = relative_efficiency_vs_mc(data[designs.index("mc"), width], data[:, width])
-        coords = {d: var[d].values for d in own_dims if d in var.coords}
         summary[name] = xr.DataArray(data, dims=("design", "summary", *own_dims), coords=coords)
-    n_evals = np.full(len(designs), draws.sizes["draw"])
+    n_evals = np.array([next(iter(moments[d].values())).n_evals for d in designs])
     out = xr.Dataset(summary, coords={"design": designs, "summary": list(SUMMARY_FIELDS)})
     out["n_evals"] = ("design", n_evals)
     out["nfe"] = ("design", n_evals * nfe_per_eval)
+    out.attrs["confidence"] = confidence
+    return out
+
+
+def moments_dataset(moments: dict[str, dict[str, GroupMoments]], layout: Layout) -> xr.Dataset:
+    """The ``/moments`` Dataset: per statistic ``(design, moment, *own_dims)``, with ``n_groups`` and ``group_size``."""
+    designs = list(moments)
+    data = {
+        name: xr.DataArray(
+            np.stack([np.stack([moments[d][name].sums[f] for f in MOMENT_FIELDS]) for d in designs]),
+            dims=("design", "moment", *own_dims),
+            coords=coords,
+        )
+        for name, (own_dims, coords) in layout.items()
+    }
+    first = [next(iter(moments[d].values())) for d in designs]
+    out = xr.Dataset(data, coords={"design": designs, "moment": list(MOMENT_FIELDS)})
+    out["n_groups"] = ("design", [m.n_groups for m in first])
+    out["group_size"] = ("design", [m.group_size for m in first])
+    return out
+
+
+def result_moments(result: xr.DataTree, statistic: str) -> dict[str, GroupMoments]:
+    """``{design: GroupMoments}`` of one statistic, restored from a result's ``/moments``."""
+    if "moments" not in result.children:
+        raise ValueError("this result has no /moments (it is not from mcdiff.estimate)")
+    node = result["moments"].to_dataset()
+    if statistic not in node.data_vars:
+        raise ValueError(f"statistic {statistic!r} is not in this result; it has {list(node.data_vars)}")
+    out = {}
+    for design in node["design"].values:
+        row = node.sel(design=design)
+        sums = {f: row[statistic].sel(moment=f).values for f in MOMENT_FIELDS}
+        out[str(design)] = GroupMoments.from_state(int(row["group_size"]), int(row["n_groups"]), sums)
+    return out
+
+
+def summarize_draws(draws: xr.Dataset, confidence: float, nfe_per_eval: int = 1) -> xr.Dataset:
+    """The ``/summary`` Dataset recomputed from a ``/draws`` Dataset (equal to the run's own, bit for bit)."""
+    designs = [str(d) for d in draws["design"].values]
+    moments = {
+        d: {
+            name: moments_of(var.sel(design=d).values, draws["group"].sel(design=d).values)
+            for name, var in draws.data_vars.items()
+        }
+        for d in designs
+    }
+    layout = {
+        name: (var.dims[2:], {k: var[k].values for k in var.dims[2:] if k in var.coords})
+        for name, var in draws.data_vars.items()
+    }
+    out = summary_dataset(moments, layout, confidence, nfe_per_eval)
     if "noise" in draws.coords:
         out = out.assign_coords(noise=draws["noise"])
-    out.attrs["confidence"] = confidence
     return out
 
 
@@ -101,8 +163,9 @@ def variance_map(result: xr.DataTree, statistic: str = "pixel_mean") -> xr.DataA
     """Variance of a statistic's values across the sampler's randomness, with a CI per design.
 
     For ``pixel_mean`` under a posterior sampler (e.g. DPS) this is the pixel-wise posterior
-    variance map. Computed from ``/draws`` by :func:`~mcdiff.estimators.variance_interval`
-    (delta-method t-interval over the design's groups) at the result's confidence level.
+    variance map. Computed from the result's ``/moments`` (no per-evaluation values needed) by
+    :func:`~mcdiff.estimators.spread_interval` (delta-method t-interval over the design's
+    groups) at the result's confidence level.
 
     Returns
     -------
@@ -110,21 +173,16 @@ def variance_map(result: xr.DataTree, statistic: str = "pixel_mean") -> xr.DataA
         dims ``("design", "summary", *own_dims)``, ``summary`` in
         :data:`~mcdiff.estimators.VARIANCE_FIELDS`.
     """
-    if "draws" not in result.children:
-        raise ValueError("variance_map needs a result with /draws (from mcdiff.estimate)")
-    draws = result["draws"].to_dataset()
-    if statistic not in draws.data_vars:
-        raise ValueError(f"statistic {statistic!r} is not in this result; it has {list(draws.data_vars)}")
-    var = draws[statistic]
+    per_design = result_moments(result, statistic)
+    template = result["moments"][statistic]
     confidence = float(result["summary"].attrs["confidence"])
     rows = []
-    for design in draws["design"].values:
-        groups = draws["group"].sel(design=design).values
-        fields = variance_interval(var.sel(design=design).values, groups, confidence)
+    for moments in per_design.values():
+        fields = spread_interval(moments, confidence)
         rows.append(np.stack([fields[f] for f in VARIANCE_FIELDS]))
-    own_dims = var.dims[2:]
-    coords = {"design": draws["design"].values, "summary": list(VARIANCE_FIELDS)}
-    coords.update({d: var[d].values for d in own_dims if d in var.coords})
+    own_dims = template.dims[2:]
+    coords = {"design": list(per_design), "summary": list(VARIANCE_FIELDS)}
+    coords.update({d: template[d].values for d in own_dims if d in template.coords})
     out = xr.DataArray(
         np.stack(rows), dims=("design", "summary", *own_dims), coords=coords, name=f"{statistic}_variance"
     )
@@ -132,12 +190,28 @@ def variance_map(result: xr.DataTree, statistic: str = "pixel_mean") -> xr.DataA
     return out
 
 
-def build_result(draws: xr.Dataset, confidence: float, attrs: dict) -> xr.DataTree:
-    """A result DataTree from draws; ``attrs`` (seed, model settings) go on ``/summary``."""
+def build_result(
+    moments: dict[str, dict[str, GroupMoments]],
+    layout: Layout,
+    confidence: float,
+    attrs: dict,
+    *,
+    noise: dict[str, str],
+    draws: xr.Dataset | None = None,
+) -> xr.DataTree:
+    """A result DataTree from each design's moments; ``attrs`` (seed, model settings) go on ``/summary``.
+
+    ``noise`` describes each design's noise (a coordinate of ``/summary``); ``draws``, when
+    the run kept per-evaluation values, becomes ``/draws``.
+    """
     nfe = int(attrs.get("nfe_per_sample", 1))
-    summary = summarize_draws(draws, confidence, nfe)
+    summary = summary_dataset(moments, layout, confidence, nfe)
+    summary = summary.assign_coords(noise=("design", [noise[d] for d in moments]))
     summary.attrs.update({**attrs, "confidence": confidence, "mcdiff_version": mcdiff_version()})
-    return xr.DataTree.from_dict({"summary": summary, "draws": draws})
+    nodes = {"summary": summary, "moments": moments_dataset(moments, layout)}
+    if draws is not None:
+        nodes["draws"] = draws
+    return xr.DataTree.from_dict(nodes)
 
 
 @dataclass(frozen=True)
@@ -485,6 +559,12 @@ def to_arviz(result: xr.DataTree, design: str):
         import arviz
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise ImportError("to_arviz needs arviz: pip install 'mcdiff[arviz]'") from err
+    if "draws" not in result.children:
+        raise ValueError(
+            "this result holds no /draws: the run did not keep per-evaluation values in memory "
+            f"(draws={result['summary'].attrs.get('draws', '?')!r}); run with draws='memory', or read a store's "
+            "values with mcdiff.open_draws"
+        )
     draws = result["draws"].to_dataset()
     designs = list(draws["design"].values)
     if design not in designs:

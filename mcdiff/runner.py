@@ -1,12 +1,24 @@
-"""The runner: blocks of addresses → noise → sampler → statistics → result.
+"""The runner: the one loop over evaluations, from blocks of addresses to accumulated moments.
 
-This is the only module with loops over evaluations, devices and progress bars. Work is cut
-into *blocks* of whole groups (pairs, replicates), each a whole number of batches, and every
-batch is cut at multiples of the design's unit, so antithetic partners always share a batch
-and no block splits a replicate. Noise is regenerated from ``(seed, design, address)``, so the
-result does not depend on the batch size, the block size, the executor (this process or a
-Dask cluster, :mod:`mcdiff.executors`) or on how often the run was interrupted and resumed
-from its store (:mod:`mcdiff.store`).
+Every estimator runs its evaluations here (:class:`Evaluations`): :func:`estimate`, the
+multi-fidelity estimators (:mod:`mcdiff.multifidelity`) and the diagnostics' image pairs. Work
+is cut into *jobs* (a design on a seed with its statistics, :class:`~mcdiff.blocks.Job`) and
+*blocks* of whole groups (pairs, replicates), each a whole number of batches, and every batch
+is cut at multiples of the design's unit, so antithetic partners always share a batch and no
+block splits a replicate. Blocks run on an executor (this process, or a Dask cluster,
+:mod:`mcdiff.executors`) and their values are folded into each job's streaming accumulators
+(:class:`~mcdiff.moments.GroupMoments`) **in address order**: a block that comes back early waits
+(the Dask executor keeps a bounded number in flight), so the result does not depend on the
+batch size, the block size, the executor, the order in which blocks finish, or on how often the
+run was interrupted and resumed from its store (:mod:`mcdiff.store`): it is the same, bit for
+bit. Peak memory is the batch's images, the blocks in flight and six arrays of each
+statistic's size per job, whatever the number of evaluations.
+
+Per-evaluation values (``/draws``) are a choice (``draws=``): ``"memory"`` keeps them in the
+result (and in the store's block files when there is a store), ``"store"`` only in the
+store's block files (read lazily with :func:`mcdiff.store.open_draws`), ``"none"`` nowhere;
+``"auto"`` (the default) keeps a job's values in memory when they take at most
+:data:`DRAWS_LIMIT` bytes at the run's largest size, and otherwise nowhere.
 
 Sequential stopping runs in rounds: evaluations ``0 .. n_0 - 1``, then up to ``2 n_0``,
 ``4 n_0``, ... until every design's interval meets the target or the next round would pass
@@ -28,11 +40,12 @@ import numpy as np
 import xarray as xr
 from tqdm.auto import tqdm
 
-from mcdiff.blocks import Block
+from mcdiff.blocks import Block, Job
 from mcdiff.designs import Design, get_design
-from mcdiff.estimators import summarize
+from mcdiff.estimators import summarize_moments
 from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo, SchedulerLost, check_model
-from mcdiff.functionals import Statistic, get_statistic, statistic_identity
+from mcdiff.functionals import Statistic, get_statistic, pixel_mean, probe_images, statistic_identity
+from mcdiff.moments import GroupMoments
 from mcdiff.noise import GENERATOR
 from mcdiff.results import build_result, mcdiff_version
 from mcdiff.store import ResultStore
@@ -43,6 +56,178 @@ from mcdiff.validation import (
     check_unique_names,
     is_integer,
 )
+
+DRAWS = ("auto", "memory", "store", "none")
+"""Where per-evaluation values go: see the module."""
+
+DRAWS_LIMIT = 64 * 2**20
+"""Bytes of one job's per-evaluation values (float64) up to which ``draws="auto"`` keeps them in memory."""
+
+
+def check_draws(draws: str, store) -> str:
+    """``draws`` if it is one of :data:`DRAWS` (``"store"`` needs a store), else ``ValueError``."""
+    if draws not in DRAWS:
+        raise ValueError(f"draws must be one of {DRAWS}, got {draws!r}")
+    if draws == "store" and store is None:
+        raise ValueError("draws='store' keeps per-evaluation values in the store's block files: give store=DIR")
+    return draws
+
+
+class _JobState:
+    """One job's accumulators, its folded prefix, blocks waiting for their turn and kept values.
+
+    A waiting block's values may be ``None``: a block of the store, read when its turn comes.
+    """
+
+    def __init__(self, job: Job, group_size: int, in_memory: bool, in_store: bool, store):
+        self.job, self.in_memory, self.in_store, self.store = job, in_memory, in_store, store
+        self.moments = {s.name: GroupMoments(group_size) for s in job.statistics}
+        self.prefix = 0
+        self.waiting: dict[int, tuple[int, dict[str, np.ndarray] | None]] = {}
+        self.kept: list[dict[str, np.ndarray]] = []
+
+    def take(self, start: int, stop: int, values: dict[str, np.ndarray] | None, upto: float = math.inf) -> bool:
+        """Queue a block's values and fold every block now next in address order and ending by ``upto``.
+
+        Returns whether any block was folded.
+        """
+        self.waiting[start] = (stop, values)
+        folded = False
+        while self.prefix in self.waiting and self.waiting[self.prefix][0] <= upto:
+            stop, values = self.waiting.pop(self.prefix)
+            if values is None:
+                values = self.store.read_block(self.job.key, self.prefix, stop)
+            for name, v in values.items():
+                self.moments[name].fold(v)
+            if self.in_memory:
+                self.kept.append(values)
+            self.prefix, folded = stop, True
+        return folded
+
+    def covered(self) -> list[tuple[int, int]]:
+        """Address ranges already folded or waiting."""
+        return [(0, self.prefix), *((a, b) for a, (b, _) in self.waiting.items())]
+
+
+class Evaluations:
+    """The loop: jobs' blocks through an executor into ordered accumulators, a store and one progress bar.
+
+    Parameters
+    ----------
+    model : Sampler or factory
+        What every block runs on (a job's ``variant`` is applied to it where the block runs).
+    executor : LocalExecutor or DaskExecutor
+    batch_size : int
+        Evaluations per sampler call (checked against every job's design by the caller).
+    block_size : int, optional
+        Evaluations per block, rounded up to whole batches and groups; by default one batch.
+    store : ResultStore, optional
+        Where accumulators (and kept values) are written as they grow, and read back on resume.
+    draws : str
+        One of :data:`DRAWS`.
+    bar : tqdm
+        The progress bar, in evaluations.
+    """
+
+    def __init__(self, model: Model, executor, batch_size: int, block_size: int | None, store, draws: str, bar):
+        self.model, self.executor, self.batch_size, self.block_size = model, executor, batch_size, block_size
+        self.store, self.draws, self.bar = store, draws, bar
+        self._jobs: dict[str, _JobState] = {}
+
+    def add(self, job: Job, largest_n: int, image_shape: Sequence[int], draws: str | None = None) -> None:
+        """Register ``job`` (at most ``largest_n`` evaluations, images of ``image_shape``) and restore its stored state.
+
+        ``draws`` overrides the loop's choice for this job (e.g. ``"memory"`` for a pilot).
+
+        Raises
+        ------
+        ValueError
+            When the store's job differs, or cannot give the values asked for (``draws="memory"``
+            or ``"store"`` on a store that kept none).
+        """
+        group_size = job.design.group_size(largest_n)
+        per_eval = sum(int(np.prod(s(probe_images(image_shape, 1)).shape[1:])) for s in job.statistics)
+        small = largest_n * per_eval * 8 <= DRAWS_LIMIT
+        mode = draws or self.draws
+        in_memory = mode == "memory" or (mode == "auto" and small)
+        in_store = self.store is not None and (in_memory or mode == "store")
+        if self.store is not None:
+            stored = self.store.job(
+                job.key,
+                {
+                    "design": repr(job.design),
+                    "seed": job.seed,
+                    "statistics": [s.name for s in job.statistics],
+                    "variant": repr(job.variant),
+                    "values": in_store,
+                },
+            )
+            if in_store and not stored["values"] and mode != "auto":
+                raise ValueError(
+                    f"store {str(self.store.path)!r} kept no per-evaluation values for job {job.key!r}, so "
+                    f"draws={mode!r} cannot be served: give a new store, or draws='none'"
+                )
+            in_store = bool(stored["values"])
+            in_memory = in_memory and in_store if mode == "auto" else in_memory
+        state = _JobState(job, group_size, in_memory, in_store, self.store)
+        self._jobs[job.key] = state
+        if self.store is None:
+            return
+        if not in_store:  # the accumulators alone: resume from the stored prefix
+            restored = self.store.read_state(job.key)
+            if restored is not None and restored[0] > largest_n:
+                raise ValueError(
+                    f"store {str(self.store.path)!r} holds {restored[0]} evaluations of job {job.key!r} and no "
+                    f"per-evaluation values, so it cannot be summarized at {largest_n}: ask for at least "
+                    f"{restored[0]} evaluations, or give a new store"
+                )
+            if restored is not None:
+                state.prefix, state.moments = restored
+            return
+        # per-evaluation values are the truth: their blocks are refolded in address order as rounds reach them
+        for start, stop in self.store.done(job.key):
+            state.waiting[start] = (stop, None)
+
+    def run(self, wanted: Sequence[tuple[Job, int]]) -> None:
+        """Evaluate every ``(job, n)`` up to ``n`` evaluations (jobs added before), folding as blocks return."""
+        blocks = []
+        for job, n in wanted:
+            state = self._jobs[job.key]
+            if state.prefix in state.waiting:  # stored blocks, folded up to n
+                state.take(state.prefix, *state.waiting[state.prefix], upto=n)
+            blocks += _missing_blocks(job, n, state.covered(), self.batch_size, self.block_size)
+        if blocks and self.store is not None:
+            self.store.lock()  # one writer, and a store that cannot be written refused, before any evaluation
+        self.bar.total = (self.bar.total or 0) + sum(b.stop - b.start for b in blocks)
+        self.bar.refresh()
+        for block, values in self.executor.evaluate(self.model, self.batch_size, blocks):
+            state = self._jobs[block.job.key]
+            if state.in_store:
+                self.store.write(block.job.key, block.start, block.stop, values)
+            if state.take(block.start, block.stop, values, upto=block.n_evals) and self.store is not None and not state.in_store:
+                self.store.write_state(block.job.key, state.prefix, state.moments)
+            self.bar.update(block.stop - block.start)
+
+    def moments(self, job: Job, n: int) -> dict[str, GroupMoments]:
+        """The accumulators of ``job``'s evaluations ``0 .. n - 1`` (all of them folded by :meth:`run`)."""
+        state = self._jobs[job.key]
+        if state.prefix != n:
+            blocking = [(a, b) for a, (b, _) in state.waiting.items() if a < n < b]
+            raise ValueError(
+                f"job {job.key!r} has folded {state.prefix} evaluations, not {n}"
+                + (f": stored block {blocking[0]} straddles {n}; ask for {blocking[0][1]} or give a new store" if blocking else "")
+            )
+        return state.moments
+
+    def values(self, job: Job, n: int) -> dict[str, np.ndarray] | None:
+        """Kept values ``{statistic: (n, *own_shape)}`` of evaluations ``0 .. n - 1``, or ``None`` if not kept."""
+        state = self._jobs[job.key]
+        if not state.in_memory:
+            return None
+        out = {}
+        for stat in state.job.statistics:
+            out[stat.name] = np.concatenate([block[stat.name] for block in state.kept])[:n]
+        return out
 
 
 def estimate(
@@ -61,6 +246,7 @@ def estimate(
     target_ci_width: float | None = None,
     target_rel_width: float | None = None,
     max_evals: int | None = None,
+    draws: str = "auto",
 ) -> xr.DataTree:
     """Estimate ``E[f(G(z))]`` for each statistic under each noise design.
 
@@ -88,9 +274,10 @@ def estimate(
     progress : bool, optional
         Show a progress bar; by default only when stderr is a terminal.
     store : path, optional
-        Directory of a :class:`~mcdiff.store.ResultStore`: every block is written as soon as
-        it is computed, and evaluations already stored there are read instead of computed,
-        so an interrupted run resumes where it stopped and gives the uninterrupted result.
+        Directory of a :class:`~mcdiff.store.ResultStore`: the accumulators (and kept values)
+        are written as blocks are folded, and what is stored there is read instead of
+        computed, so an interrupted run resumes where it stopped and gives the uninterrupted
+        result, bit for bit.
     executor : LocalExecutor or DaskExecutor, optional
         Where blocks run; by default in this process.
     block_size : int, optional
@@ -102,11 +289,15 @@ def estimate(
         ``ci_width <= target_rel_width · |estimate|``. Needs ``max_evals``.
     max_evals : int, optional
         Budget cap per design for sequential stopping: no round exceeds it.
+    draws : {"auto", "memory", "store", "none"}
+        Where per-evaluation values go (see the module): ``"auto"`` keeps a design's values in
+        memory (and in the store) when they take at most :data:`DRAWS_LIMIT` bytes, else nowhere.
 
     Returns
     -------
     xarray.DataTree
-        ``/summary`` and ``/draws`` as described in :mod:`mcdiff.results`. With a target,
+        ``/summary``, ``/moments`` and, where values were kept in memory, ``/draws``, as
+        described in :mod:`mcdiff.results`. With a target,
         ``/summary`` also holds ``evals_at_target(design)`` (the first round size at which the
         design met the target, -1 if never) and attributes ``stopping_rounds``,
         ``target_reached`` (1 or 0), ``max_evals`` and the target(s).
@@ -129,58 +320,48 @@ def estimate(
     for design in resolved:
         design.check_n(n_evals)
         batch_size = check_batch_size(batch_size, design)
-    if block_size is not None and (not is_integer(block_size) or block_size < 1):
-        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+    check_block_size(block_size)
     stopping = _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals)
-    if progress is None:
-        progress = sys.stderr.isatty()
+    draws = check_draws(draws, store)
     executor = LocalExecutor() if executor is None else executor
     info = executor.describe(sampler)
     layouts = [d.extendable(n_evals) for d in resolved]
-    results = ResultStore.open(store, _fingerprint(info, seed, layouts, stats)) if store is not None else None
+    jobs = [Job(d.name, d, seed, tuple(stats)) for d in layouts]
+    largest = n_evals if stopping is None else stopping["max_evals"]
 
     n, rounds, reached_at = n_evals, 0, {}
     with (
-        results or contextlib.nullcontext(),
-        tqdm(total=0, disable=not progress, unit="eval", desc="mcdiff") as bar,
+        ResultStore.open(store, _fingerprint(info, seed, layouts, stats)) if store is not None else contextlib.nullcontext() as results,
+        progress_bar(progress, "mcdiff") as bar,
     ):
-        chunks = {d.name: results.read(d.name) if results else [] for d in layouts}
+        loop = Evaluations(sampler, executor, batch_size, block_size, results, draws, bar)
+        for job in jobs:
+            loop.add(job, largest, info.image_shape)
         while True:
             rounds += 1
-            blocks = [
-                b for d in layouts for b in _missing_blocks(d, n, chunks[d.name], batch_size, block_size)
-            ]
-            if blocks and results is not None:
-                results.lock()  # one writer, and a store that cannot be written refused, before any evaluation
-            bar.total += sum(b.stop - b.start for b in blocks)
-            bar.refresh()
-            try:
-                for block, values in executor.evaluate(sampler, stats, seed, batch_size, blocks):
-                    if results is not None:
-                        results.write(block.design.name, block.start, block.stop, values)
-                    chunks[block.design.name].append((block.start, block.stop, values))
-                    bar.update(block.stop - block.start)
-            except SchedulerLost as err:
-                raise SchedulerLost(f"{err}; {_resume_hint(store)}") from None
-            per_design = {d.name: _assemble(chunks[d.name], n) for d in layouts}
+            run_guarded(loop, [(job, n) for job in jobs], store)
             if stopping is None:
                 break
-            for d in layouts:
-                if d.name in reached_at:
-                    continue
-                if _meets_target(per_design[d.name], d.group_ids(n), confidence, stopping):
-                    reached_at[d.name] = n
-            if len(reached_at) == len(layouts) or 2 * n > stopping["max_evals"]:
+            for job in jobs:
+                if job.key not in reached_at and _meets_target(loop.moments(job, n), confidence, stopping):
+                    reached_at[job.key] = n
+            if len(reached_at) == len(jobs) or 2 * n > stopping["max_evals"]:
                 break
             n *= 2
+        moments = {job.key: loop.moments(job, n) for job in jobs}
+        kept = {job.key: loop.values(job, n) for job in jobs}
 
-    draws = _draws_dataset(per_design, layouts if stopping else resolved, stats, info, n)
-    attrs = {**info.settings, "seed": seed}
+    final = layouts if stopping else resolved
+    noise = {d.name: d.describe(info.noise_spec) for d in final}
+    layout = {s.name: s.layout(next(iter(moments.values()))[s.name].sums["shift"]) for s in stats}
+    where = "memory" if all(v is not None for v in kept.values()) else ("store" if draws == "store" else "none")
+    values = _draws_dataset(kept, final, stats, noise, n) if where == "memory" else None
+    attrs = {**info.settings, "seed": seed, "draws": where}
     if stopping is None:
-        return build_result(draws, confidence, attrs)
-    reached = len(reached_at) == len(layouts)
+        return build_result(moments, layout, confidence, attrs, noise=noise, draws=values)
+    reached = len(reached_at) == len(jobs)
     if not reached:
-        missing = [d.name for d in layouts if d.name not in reached_at]
+        missing = [job.key for job in jobs if job.key not in reached_at]
         warnings.warn(
             f"target not reached by design(s) {missing} within max_evals={stopping['max_evals']}; "
             f"stopped after {rounds} rounds at n_evals={n}",
@@ -188,12 +369,59 @@ def estimate(
             stacklevel=2,
         )
     result = build_result(
-        draws, confidence, {**attrs, **stopping, "stopping_rounds": rounds, "target_reached": int(reached)}
+        moments,
+        layout,
+        confidence,
+        {**attrs, **stopping, "stopping_rounds": rounds, "target_reached": int(reached)},
+        noise=noise,
+        draws=values,
     )
-    result["summary"]["evals_at_target"] = xr.DataArray(
-        [reached_at.get(d.name, -1) for d in layouts], dims="design"
-    )
+    result["summary"]["evals_at_target"] = xr.DataArray([reached_at.get(job.key, -1) for job in jobs], dims="design")
     return result
+
+
+def sample_images(
+    sampler: Model,
+    design: Design,
+    n_evals: int,
+    seed: int,
+    batch_size: int,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    executor: LocalExecutor | DaskExecutor | None = None,
+) -> np.ndarray:
+    """Images ``(stop - start, C, H, W)`` of evaluations ``start .. stop - 1`` of a run of ``n_evals``.
+
+    What estimation hands its statistics at those addresses (the statistic
+    :data:`~mcdiff.functionals.pixel_mean`, as float64), evaluated as every block is, by the
+    executor: the same noise, generated in the sampler's dtype on its device, in batches of
+    ``batch_size``.
+    """
+    executor = LocalExecutor() if executor is None else executor
+    job = Job("images", design, seed, (pixel_mean,))
+    block = Block(job, n_evals, start, n_evals if stop is None else stop)
+    ((_, values),) = executor.evaluate(sampler, batch_size, [block])
+    return values["pixel_mean"]
+
+
+def check_block_size(block_size) -> None:
+    """``ValueError`` unless ``block_size`` is a positive integer or ``None``."""
+    if block_size is not None and (not is_integer(block_size) or block_size < 1):
+        raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+
+
+def progress_bar(progress: bool | None, desc: str) -> tqdm:
+    """The run's one progress bar in evaluations; shown by default only when stderr is a terminal."""
+    return tqdm(total=0, disable=not (sys.stderr.isatty() if progress is None else progress), unit="eval", desc=desc)
+
+
+def run_guarded(loop: Evaluations, wanted: Sequence[tuple[Job, int]], store) -> None:
+    """:meth:`Evaluations.run`, a lost Dask scheduler reported with what the store keeps."""
+    try:
+        loop.run(wanted)
+    except SchedulerLost as err:
+        raise SchedulerLost(f"{err}; {_resume_hint(store)}") from None
 
 
 def _resume_hint(store: str | Path | None) -> str:
@@ -232,12 +460,10 @@ def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals) -> di
     return {**targets, "max_evals": int(max_evals)}
 
 
-def _meets_target(
-    values: dict[str, np.ndarray], groups: np.ndarray, confidence: float, stopping: dict
-) -> bool:
+def _meets_target(moments: dict[str, GroupMoments], confidence: float, stopping: dict) -> bool:
     """Whether every statistic component's interval meets the absolute and relative targets."""
-    for v in values.values():
-        fields = summarize(v, groups, confidence)
+    for m in moments.values():
+        fields = summarize_moments(m, confidence)
         width = fields["ci_width"]
         if not np.all(width <= stopping.get("target_ci_width", np.inf)):
             return False
@@ -267,62 +493,42 @@ def _fingerprint(info: ModelInfo, seed: int, layouts: Sequence[Design], stats: S
 
 
 def _missing_blocks(
-    design: Design, n_evals: int, chunks, batch_size: int, block_size: int | None
+    job: Job, n_evals: int, covered: Sequence[tuple[int, int]], batch_size: int, block_size: int | None
 ) -> list[Block]:
-    """Blocks covering the addresses ``0 .. n_evals - 1`` that ``chunks`` do not hold.
+    """Blocks covering the addresses ``0 .. n_evals - 1`` of ``job`` outside the ``covered`` ranges.
 
     Blocks lie on a grid of ``size`` evaluations, ``size`` a multiple of the batch and of the
     group, so they never split a pair or a replicate and hold whole batches.
     """
+    design = job.design
     step = batch_size - batch_size % design.unit
     base = math.lcm(step, design.group_size(n_evals))
     size = base * -(-(block_size or base) // base)
     todo = np.ones(n_evals, dtype=bool)
-    for start, stop, _ in chunks:
+    for start, stop in covered:
         todo[start:stop] = False
     blocks = []
     for cell in range(0, n_evals, size):
         flags = np.concatenate([[False], todo[cell : cell + size], [False]])
         edges = np.flatnonzero(np.diff(flags.astype(np.int8)))
-        blocks += [
-            Block(design, n_evals, cell + int(a), cell + int(b)) for a, b in zip(edges[::2], edges[1::2])
-        ]
+        blocks += [Block(job, n_evals, cell + int(a), cell + int(b)) for a, b in zip(edges[::2], edges[1::2])]
     return blocks
 
 
-def _assemble(chunks, n_evals: int) -> dict[str, np.ndarray]:
-    """Values ``{statistic: (n_evals, *own_shape)}`` of addresses ``0 .. n_evals - 1`` from blocks."""
-    out: dict[str, np.ndarray] = {}
-    for start, stop, values in chunks:
-        if start >= n_evals:
-            continue
-        for name, v in values.items():
-            if name not in out:
-                out[name] = np.empty((n_evals, *v.shape[1:]))
-            elif v.shape[1:] != out[name].shape[1:]:
-                raise ValueError(
-                    f"statistic {name!r} has shape {v.shape[1:]} in one block and "
-                    f"{out[name].shape[1:]} in another"
-                )
-            out[name][start : min(stop, n_evals)] = v[: min(stop, n_evals) - start]
-    return out
-
-
-def _draws_dataset(per_design, designs, stats, sampler, n_evals) -> xr.Dataset:
+def _draws_dataset(kept, designs, stats, noise, n_evals) -> xr.Dataset:
+    """``/draws`` from each design's kept values ``{design: {statistic: (n, *own_shape)}}``."""
     names = [d.name for d in designs]
     data_vars = {}
     for stat in stats:
-        stacked = np.stack([per_design[name][stat.name] for name in names])
-        own_dims = stat.own_dims(stacked[0])
-        data_vars[stat.name] = xr.DataArray(
-            stacked, dims=("design", "draw", *own_dims), coords=dict(stat.coords)
-        )
+        stacked = np.stack([kept[name][stat.name] for name in names])
+        own_dims, coords = stat.layout(stacked[0, 0])
+        data_vars[stat.name] = xr.DataArray(stacked, dims=("design", "draw", *own_dims), coords=coords)
     return xr.Dataset(
         data_vars,
         coords={
             "design": names,
             "group": (("design", "draw"), np.stack([d.group_ids(n_evals) for d in designs])),
             "address": ("draw", np.arange(n_evals)),
-            "noise": ("design", [d.describe(sampler.noise_spec) for d in designs]),
+            "noise": ("design", [noise[name] for name in names]),
         },
     )

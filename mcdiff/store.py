@@ -1,37 +1,46 @@
-"""The result store: per-evaluation statistic values on disk, keyed by (design, address).
+"""The result store: what a run has accumulated, on disk, so an interrupted run resumes bit for bit.
 
-A run that is given a store writes every block of evaluations as soon as it is computed and,
-when started again, evaluates only the addresses the store does not hold yet. Because noise
-is a pure function of ``(seed, design, address)``, the resumed result is identical to an
-uninterrupted one.
+A run that is given a store keeps, for each of its jobs (a design on a seed with its
+statistics, :class:`~mcdiff.blocks.Job`), the streaming accumulators
+(:class:`~mcdiff.moments.GroupMoments`) of the evaluations folded so far, in address order,
+and, where the run keeps per-evaluation values, every block of them. Started again, it
+continues from the stored prefix and evaluates only the addresses it lacks. Because noise is a
+pure function of ``(seed, design, address)`` and the accumulators are folded strictly in
+address order, the resumed result is identical to an uninterrupted one.
 
 Layout (one directory, one writer at a time)::
 
     PATH/fingerprint.json                       what produced the values (see below)
     PATH/writer.lock                            the writer's pid, host and start, while one runs
-    PATH/blocks/<design>/<start>-<stop>.npz     values of evaluations start .. stop - 1
+    PATH/jobs/<job>/job.json                    the job: design layout, seed, statistics, values kept
+    PATH/jobs/<job>/state.npz                   accumulators of evaluations 0 .. prefix - 1
+    PATH/jobs/<job>/blocks/<start>-<stop>.npz   values of evaluations start .. stop - 1 (if kept)
 
 A block file holds one array ``(stop - start, *own_shape)`` per statistic, its ``start`` and
-``stop`` and the fingerprint's digest. It is written to a hidden temporary file, flushed to
-disk and then renamed into place (``os.replace`` is atomic on POSIX), so a process killed at
-any moment leaves either the whole block or no block. Blocks never split a group (pair or
-replicate).
+``stop`` and the fingerprint's digest; the state file the prefix, the group count and size,
+the six sums of each statistic and the digest. Every file is written to a hidden temporary
+file, flushed to disk and then renamed into place (``os.replace`` is atomic on POSIX), so a
+process killed at any moment leaves either the whole file or the previous one. Blocks never
+split a group (pair or replicate). A run writes a block's values (if kept) before the state
+that includes them, so a state never runs ahead of what resume needs.
 
-Reading needs no write access and takes no lock. Writing (a new store, or a block) first takes
-the writer lock (:mod:`mcdiff.writer_lock`): a second writer is refused naming the holder, a
-lock left by a killed writer on this host is taken over. Only the lock's holder deletes the
-temporary files a killed writer left, after a probe write showed every directory writable, so
-a store that cannot be written is refused before any evaluation. A full disk is reported in
-one line with the free space; the blocks written until then stay valid.
+Reading needs no write access and takes no lock. Writing (a new store, a job, a block, a
+state) first takes the writer lock (:mod:`mcdiff.writer_lock`): a second writer is refused
+naming the holder, a lock left by a killed writer on this host is taken over. Only the lock's
+holder deletes the temporary files a killed writer left, after a probe write showed every
+directory writable, so a store that cannot be written is refused before any evaluation. A full
+disk is reported in one line with the free space; the files written until then stay valid.
 
-The fingerprint records the model (``Sampler.describe()``, including its ``weights_sha256``),
-the seed, every design in its extendable form (its ``repr`` fixes the address layout, e.g.
-Sobol' points per replicate), the statistic names and identities (their function and values on
-probe images, :func:`~mcdiff.functionals.statistic_identity`), the noise spec and the mcdiff
-version. Opening a store with another fingerprint raises ``ValueError`` naming what differs; a
-directory that is not a store, a damaged or missing fingerprint, overlapping block files and a
-damaged, foreign or non-finite block file raise ``ValueError`` too. Stored blocks are checked
-as fresh values are (:func:`~mcdiff.functionals.check_finite`).
+The fingerprint records what determines every value: the model (``Sampler.describe()``,
+including its ``weights_sha256``), the seed, the run's designs in their extendable form (their
+``repr`` fixes the address layout, e.g. Sobol' points per replicate) or its levels, the
+statistic names and identities (their function and values on probe images,
+:func:`~mcdiff.functionals.statistic_identity`), the noise spec and the mcdiff version. Opening a
+store with another fingerprint raises ``ValueError`` naming what differs; so does a job whose
+stored description differs. A directory that is not a store, a damaged or missing fingerprint,
+a store of an older format (``mcdiff-store/2`` kept per-evaluation values only, and is refused:
+its values cannot be trusted to match this format's accumulators without a rerun), overlapping
+block files and a damaged, foreign or non-finite block or state file raise ``ValueError`` too.
 """
 
 from __future__ import annotations
@@ -51,10 +60,12 @@ import numpy as np
 
 from mcdiff.atomic import DISK_FULL, replace_atomically
 from mcdiff.functionals import check_finite, same_probe
+from mcdiff.moments import MOMENT_FIELDS, GroupMoments
 from mcdiff.writer_lock import WriterLock
 
-FORMAT = "mcdiff-store/2"
-"""Format tag written into every fingerprint (``/2``: model weight hash and statistic identities)."""
+FORMAT = "mcdiff-store/3"
+"""Format tag written into every fingerprint (``/3``: jobs with streaming accumulators; ``/2`` added the
+model weight hash and statistic identities)."""
 
 LOCK = "writer.lock"
 """Name of the writer lock file in a store directory."""
@@ -105,7 +116,7 @@ def _short(probe) -> str:
 
 
 class ResultStore:
-    """An open store: which addresses are done, appending blocks, reading them back.
+    """An open store: its jobs, their accumulated state and stored blocks; writing and reading them.
 
     Use :meth:`open`, best as a context manager (``with ResultStore.open(...) as store:``),
     which releases the writer lock however the block ends; the constructor does no checks.
@@ -123,6 +134,7 @@ class ResultStore:
         self.fingerprint = fingerprint
         self.digest = hashlib.sha256(_canonical(fingerprint).encode()).hexdigest()
         self._index: dict[str, dict[int, int]] = {}
+        self._jobs: dict[str, dict] = {}
         self._lock = WriterLock(path / LOCK, f"store {str(path)!r}")
 
     def __enter__(self) -> ResultStore:
@@ -154,9 +166,6 @@ class ResultStore:
         """
         path = Path(path)
         fingerprint = json.loads(_canonical({"format": FORMAT, **fingerprint}))
-        for name in fingerprint.get("designs", {}):
-            if not _SAFE_NAME.fullmatch(name):
-                raise ValueError(f"design name {name!r} cannot name a store directory: use [A-Za-z0-9_.+-]")
         if path.exists() and not path.is_dir():
             raise ValueError(f"store path {str(path)!r} is a file, not a store directory")
         marker = path / "fingerprint.json"
@@ -175,9 +184,49 @@ class ResultStore:
                     raise StoreError(f"store {str(path)!r} was created by another run meanwhile; run again")
                 text = json.dumps(fingerprint, indent=1, sort_keys=True)
                 replace_atomically(marker, lambda tmp: tmp.write_text(text))
-        for design in fingerprint.get("designs", {}):
-            store._scan(design)
         return store
+
+    def job(self, key: str, description: Mapping) -> dict:
+        """Register job ``key`` (creating its directory and ``job.json``) or check it against the stored one.
+
+        ``description`` is JSON-safe and holds ``statistics`` (names, in order) and ``values``
+        (whether block files hold per-evaluation values). Returns the stored description: its
+        ``values`` is the one that counts for an existing job.
+
+        Raises
+        ------
+        ValueError
+            When the stored job differs from ``description`` (other than in ``values``), or its
+            ``job.json`` is damaged; :class:`StoreError` when a new job cannot be written.
+        """
+        if not _SAFE_NAME.fullmatch(key):
+            raise ValueError(f"job name {key!r} cannot name a store directory: use [A-Za-z0-9_.+-]")
+        description = json.loads(_canonical(dict(description)))
+        marker = self.path / "jobs" / key / "job.json"
+        if marker.exists():
+            try:
+                stored = json.loads(marker.read_text())
+            except (OSError, ValueError, UnicodeDecodeError) as err:
+                raise ValueError(f"{str(marker)!r} is damaged ({err}); delete the job's directory to recompute it") from None
+            differences = _differences(
+                {k: v for k, v in stored.items() if k != "values"},
+                {k: v for k, v in description.items() if k != "values"},
+            )
+            if differences:
+                raise ValueError(
+                    f"job {key!r} of store {str(self.path)!r} was written differently; it cannot be resumed "
+                    "by this run. Differences:\n  " + "\n  ".join(differences)
+                )
+        else:
+            stored = description
+            self.lock()
+            with self._writing(f"registering job {key!r}"):
+                (marker.parent / "blocks").mkdir(parents=True, exist_ok=True)
+                text = json.dumps(stored, indent=1, sort_keys=True)
+                replace_atomically(marker, lambda tmp: tmp.write_text(text))
+        self._jobs[key] = stored
+        self._scan(key)
+        return stored
 
     def lock(self) -> None:
         """Become the store's one writer, before any evaluation; a no-op if this store already is.
@@ -197,14 +246,14 @@ class ResultStore:
         with self._writing("taking the writer lock (the store misses evaluations)"):
             self._lock.acquire()
         with self._writing("a probe write into its block directories"):
-            folders = [self.path / "blocks" / design for design in self.fingerprint["designs"]]
+            folders = [self.path, *(self.path / "jobs" / key / "blocks" for key in self._jobs)]
             for folder in folders:
                 folder.mkdir(parents=True, exist_ok=True)
                 probe = folder / f".probe.{os.getpid()}.tmp"
                 probe.write_bytes(b"")
                 probe.unlink()
             for leftover in itertools.chain(
-                self.path.glob(".fingerprint.json.*.tmp*"), *(f.glob(".*.tmp*") for f in folders)
+                *(f.glob(".*.tmp*") for f in folders), *(f.parent.glob(".*.tmp*") for f in folders[1:])
             ):
                 leftover.unlink(missing_ok=True)  # left by a killed writer: this one holds the lock
 
@@ -235,11 +284,9 @@ class ResultStore:
         )
 
     def _dir(self, design: str) -> Path:
-        if design not in self.fingerprint["designs"]:
-            raise ValueError(
-                f"design {design!r} is not in this store; it has {list(self.fingerprint['designs'])}"
-            )
-        return self.path / "blocks" / design
+        if design not in self._jobs:
+            raise ValueError(f"job {design!r} is not registered in this store; it has {list(self._jobs)}")
+        return self.path / "jobs" / design / "blocks"
 
     def _scan(self, design: str) -> None:
         """Index the block files of ``design``; temporary files are skipped (never deleted here)."""
@@ -281,9 +328,9 @@ class ResultStore:
             When the write fails (a full disk: with the free space); no partial block is left.
         """
         folder = self._dir(design)
-        if set(values) != set(self.fingerprint["statistics"]):
+        if set(values) != set(self._jobs[design]["statistics"]):
             raise ValueError(
-                f"block has statistics {sorted(values)}, the store {self.fingerprint['statistics']}"
+                f"block has statistics {sorted(values)}, the job {self._jobs[design]['statistics']}"
             )
         for other_start, other_stop in self._index[design].items():
             if start < other_stop and other_start < stop:
@@ -311,50 +358,113 @@ class ResultStore:
         Raises
         ------
         ValueError
+            As :meth:`read_block`.
+        """
+        return [(start, stop, self.read_block(design, start, stop)) for start, stop in self.done(design)]
+
+    def read_block(self, design: str, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The stored values ``{statistic: (stop - start, *own_shape)}`` of one block of ``design``.
+
+        Raises
+        ------
+        ValueError
             For a block file that is damaged, not an npz file, belongs to another store, holds
             other statistics or row counts than its name says, or holds NaN or inf (which a
             run never stores). Delete that file to recompute it.
         """
-        blocks = []
-        for start, stop in self.done(design):
-            file = self._dir(design) / f"{start}-{stop}.npz"
-            content = _load_block(file)
-            names = sorted(k[5:] for k in content if k.startswith("stat_"))
-            problem = None
-            if str(content.get("digest")) != self.digest:
-                problem = "it was written by a different run (fingerprint digest differs)"
-            elif (int(content.get("start", -1)), int(content.get("stop", -1))) != (start, stop):
-                problem = "its stored range differs from its name"
-            elif names != sorted(self.fingerprint["statistics"]):
-                problem = f"it holds statistics {names}"
-            elif any(len(content[f"stat_{n}"]) != stop - start for n in names):
-                problem = "its row count differs from its range"
-            if problem:
+        file = self._dir(design) / f"{start}-{stop}.npz"
+        content = _load_block(file)
+        names = sorted(k[5:] for k in content if k.startswith("stat_"))
+        problem = None
+        if str(content.get("digest")) != self.digest:
+            problem = "it was written by a different run (fingerprint digest differs)"
+        elif (int(content.get("start", -1)), int(content.get("stop", -1))) != (start, stop):
+            problem = "its stored range differs from its name"
+        elif names != sorted(self._jobs[design]["statistics"]):
+            problem = f"it holds statistics {names}"
+        elif any(len(content[f"stat_{n}"]) != stop - start for n in names):
+            problem = "its row count differs from its range"
+        if problem:
+            raise ValueError(f"block file {str(file)!r} does not belong here: {problem}; delete it to recompute it")
+        for n in names:
+            try:
+                check_finite(n, content[f"stat_{n}"], start, design)
+            except ValueError as err:
                 raise ValueError(
-                    f"block file {str(file)!r} does not belong here: {problem}; delete it to recompute it"
-                )
-            for n in names:
-                try:
-                    check_finite(n, content[f"stat_{n}"], start, design)
-                except ValueError as err:
-                    raise ValueError(
-                        f"block file {str(file)!r} is damaged: {err}, values a run never stores; delete it "
-                        "to recompute it"
-                    ) from None
-            blocks.append((start, stop, {n: content[f"stat_{n}"] for n in names}))
-        return blocks
+                    f"block file {str(file)!r} is damaged: {err}, values a run never stores; delete it "
+                    "to recompute it"
+                ) from None
+        return {n: content[f"stat_{n}"] for n in names}
+
+    def write_state(self, key: str, prefix: int, moments: Mapping[str, GroupMoments]) -> None:
+        """Store the accumulators of evaluations ``0 .. prefix - 1`` of job ``key``, replacing the previous ones.
+
+        Raises
+        ------
+        StoreError
+            When the write fails; the previous state stays.
+        """
+        self._dir(key)
+        names = self._jobs[key]["statistics"]
+        arrays = {}
+        for k, name in enumerate(names):
+            for field in MOMENT_FIELDS:
+                arrays[f"m{k}_{field}"] = moments[name].sums[field]
+        first = moments[names[0]]
+        self.lock()
+        try:
+            replace_atomically(
+                self.path / "jobs" / key / "state.npz",
+                lambda tmp: np.savez(
+                    tmp, prefix=prefix, n_groups=first.n_groups, group_size=first.group_size, digest=self.digest, **arrays
+                ),
+            )
+        except OSError as err:
+            raise self._write_error(f"writing the state of job {key!r}", err) from None
+
+    def read_state(self, key: str) -> tuple[int, dict[str, GroupMoments]] | None:
+        """``(prefix, {statistic: GroupMoments})`` of job ``key``, or ``None`` when it has no state yet.
+
+        Raises
+        ------
+        ValueError
+            For a state file that is damaged, foreign, inconsistent or holds NaN or inf.
+        """
+        file = self._dir(key).parent / "state.npz"
+        if not file.exists():
+            return None
+        content = _load_block(file)
+        names = self._jobs[key]["statistics"]
+        try:
+            if str(content["digest"]) != self.digest:
+                raise ValueError("it was written by a different run (fingerprint digest differs)")
+            prefix, n_groups, size = (int(content[k]) for k in ("prefix", "n_groups", "group_size"))
+            if n_groups * size != prefix or prefix < 0:
+                raise ValueError(f"it counts {n_groups} groups of {size} for a prefix of {prefix}")
+            moments = {}
+            for k, name in enumerate(names):
+                sums = {field: content[f"m{k}_{field}"] for field in MOMENT_FIELDS}
+                if not all(np.isfinite(v).all() for v in sums.values()):
+                    raise ValueError(f"statistic {name!r} holds NaN or inf")
+                moments[name] = GroupMoments.from_state(size, n_groups, sums)
+        except (KeyError, ValueError) as err:
+            raise ValueError(
+                f"state file {str(file)!r} is damaged or does not belong here ({err}); delete it (and the job's "
+                "blocks beyond it are refolded, or recomputed)"
+            ) from None
+        return prefix, moments
 
 
 def _check_new(path: Path) -> None:
     """Raise ``ValueError`` unless ``path`` (without ``fingerprint.json``) is absent, empty or a store being created."""
     if not path.exists():
         return
-    if any(path.glob("blocks/*/*.npz")):
+    if any(path.glob("jobs/*/job.json")):
         raise ValueError(
-            f"store {str(path)!r} holds block files but its fingerprint.json is missing, so they cannot be "
-            "checked against this run: restore fingerprint.json, or move the blocks directory away to start anew"
+            f"store {str(path)!r} holds jobs but its fingerprint.json is missing, so they cannot be "
+            "checked against this run: restore fingerprint.json, or move the jobs directory away to start anew"
         )
-    if any(not entry.name.startswith(".") and entry.name not in (LOCK, "blocks") for entry in path.iterdir()):
+    if any(not entry.name.startswith(".") and entry.name not in (LOCK, "jobs") for entry in path.iterdir()):
         raise ValueError(
             f"{str(path)!r} is not an mcdiff store (no fingerprint.json) and is not empty; "
             "refusing to write into it: give a new or empty directory"
@@ -376,8 +486,9 @@ def _check_fingerprint(path: Path, marker: Path, fingerprint: dict) -> dict:
         raise ValueError(
             f"store {str(path)!r} has format {found!r}, this mcdiff reads {FORMAT!r}: "
             + (
-                "it was written by an older mcdiff, whose fingerprint lacks the model's weight hash and the "
-                "statistics' identity, so it cannot be resumed safely; give a new store path"
+                "it was written by an older mcdiff (format /1 lacks the model's weight hash and the statistics' "
+                "identity; /2 holds per-evaluation values but no streaming accumulators), so it cannot be resumed "
+                "safely; give a new store path"
                 if older
                 else f"{str(marker)!r} is not an {FORMAT} fingerprint: the store is damaged or foreign; give another path"
             )
@@ -407,3 +518,54 @@ def _load_block(file: Path) -> dict[str, np.ndarray]:
     raise ValueError(
         f"block file {str(file)!r} is damaged or not a block file ({reason}); delete it to recompute it"
     )
+
+
+def open_draws(path: str | Path, job: str) -> dict:
+    """The per-evaluation values a store kept for ``job`` (a design's name), read lazily as dask arrays.
+
+    Returns ``{statistic: dask.array (N, *own_shape)}`` over the stored blocks in address order
+    (each block file is read when its chunk is computed); ``N`` is the contiguous prefix of
+    stored evaluations. Needs ``dask``. The store is only read, and no lock is taken.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` is not a store, the job is unknown or kept no values.
+    """
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("open_draws needs dask: pip install 'mcdiff[dask]'") from err
+    path = Path(path)
+    marker, description = path / "fingerprint.json", path / "jobs" / str(job) / "job.json"
+    if not marker.exists():
+        raise ValueError(f"{str(path)!r} is not an mcdiff store (no fingerprint.json)")
+    if not description.exists():
+        known = sorted(p.name for p in (path / "jobs").iterdir()) if (path / "jobs").is_dir() else []
+        raise ValueError(f"store {str(path)!r} has no job {job!r}; it has {known}")
+    store = ResultStore(path, json.loads(marker.read_text()))
+    stored = store.job(str(job), json.loads(description.read_text()))
+    if not stored["values"]:
+        raise ValueError(f"job {job!r} of store {str(path)!r} kept no per-evaluation values (draws='none' or 'auto')")
+    ranges, prefix = [], 0
+    for start, stop in store.done(str(job)):
+        if start != prefix:
+            break
+        ranges.append((start, stop))
+        prefix = stop
+    if not ranges:
+        return {}
+    first = store.read_block(str(job), *ranges[0])
+    out = {}
+    for name, sample in first.items():
+        chunks = [
+            da.from_delayed(
+                dask.delayed(lambda a, b, n=name: store.read_block(str(job), a, b)[n])(a, b),
+                shape=(b - a, *sample.shape[1:]),
+                dtype=sample.dtype,
+            )
+            for a, b in ranges
+        ]
+        out[name] = da.concatenate(chunks)
+    return out

@@ -178,3 +178,22 @@ def test_the_private_name_finder_finds_private_names(source, found):
 )
 def test_the_circle_finder_finds_circles(graph, circle):
     assert find_circle(graph) == circle
+
+
+# The one loop over evaluations: blocks are evaluated only by the executors, for the runner.
+EVALUATING = {"mcdiff.blocks", "mcdiff.executors"}
+
+
+def test_nothing_but_the_executors_evaluates_blocks():
+    """No module but the executors (and blocks itself) calls or imports ``evaluate_design`` or
+    ``evaluate_block``: every estimator and diagnostic evaluates through the runner."""
+    offenders = []
+    for module, tree in module_trees().items():
+        if module in EVALUATING:
+            continue
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.ImportFrom) else []
+            names += [node.attr] if isinstance(node, ast.Attribute) else []
+            names += [node.id] if isinstance(node, ast.Name) else []
+            offenders += [f"{module}: {n}" for n in names if n in ("evaluate_design", "evaluate_block")]
+    assert not offenders

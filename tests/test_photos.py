@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import mcdiff
-from mcdiff.blocks import evaluate_design, sample_images
+from mcdiff.blocks import evaluate_design
+from mcdiff.runner import sample_images
 from mcdiff.data import photo_patches
 from mcdiff.functionals import brightness
 from mcdiff.models import bundled_path

@@ -48,7 +48,7 @@ def uninterrupted():
 
 def _stored(path):
     return sum(
-        int(f.stem.split("-")[1]) - int(f.stem.split("-")[0]) for f in Path(path).glob("blocks/*/*.npz")
+        int(f.stem.split("-")[1]) - int(f.stem.split("-")[0]) for f in Path(path).glob("jobs/*/blocks/*.npz")
     )
 
 
@@ -88,14 +88,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_result_and_computes_nothing
 def test_a_half_written_block_is_not_counted_as_done(tmp_path, uninterrupted):
     store = tmp_path / "store"
     mcdiff.estimate(CountingSampler(), store=store, **RUN)
-    block = next((store / "blocks" / "amc").glob("*.npz"))
+    block = next((store / "jobs" / "amc" / "blocks").glob("*.npz"))
     start, stop = map(int, block.stem.split("-"))
     shutil.copy(block, block.with_name(f".{block.name}.999.tmp"))  # what a kill mid-write leaves
     block.unlink()
     sampler = CountingSampler()
     assert mcdiff.estimate(sampler, store=store, **RUN).identical(uninterrupted)
     assert sampler.evaluated == stop - start
-    assert not list(store.glob("blocks/*/.*"))
+    assert not list(store.glob("jobs/*/blocks/.*"))
 
 
 def test_a_longer_run_extends_the_store(tmp_path, uninterrupted):
@@ -125,7 +125,7 @@ def test_a_store_of_another_run_is_refused(tmp_path, change, match):
 
 
 def _damage(store):
-    block = sorted((store / "blocks" / "mc").glob("*.npz"))[1]
+    block = sorted((store / "jobs" / "mc" / "blocks").glob("*.npz"))[1]
     block.write_bytes(block.read_bytes()[:100])
     return "is damaged"
 
@@ -133,17 +133,17 @@ def _damage(store):
 def _foreign_block(store):
     other = store.parent / "other"
     mcdiff.estimate(CountingSampler(), store=other, **{**RUN, "designs": ["mc"], "seed": 6})
-    shutil.copy(min((other / "blocks" / "mc").glob("*.npz")), store / "blocks" / "mc" / "0-32.npz")
+    shutil.copy(min((other / "jobs" / "mc" / "blocks").glob("*.npz")), store / "jobs" / "mc" / "blocks" / "0-32.npz")
     return "does not belong here: it was written by a different run"
 
 
 def _bad_fingerprint(store):
     (store / "fingerprint.json").write_text("{not json")
-    return "not an mcdiff-store/2 fingerprint"
+    return "not an mcdiff-store/3 fingerprint"
 
 
 def _stray_file(store):
-    (store / "blocks" / "mc" / "notes.txt").write_text("hello")
+    (store / "jobs" / "mc" / "blocks" / "notes.txt").write_text("hello")
     return "foreign file"
 
 
@@ -152,7 +152,7 @@ def test_a_damaged_store_is_refused(tmp_path, damage):
     store = tmp_path / "store"
     mcdiff.estimate(CountingSampler(), store=store, **{**RUN, "designs": ["mc"]})
     if damage is _foreign_block:
-        (store / "blocks" / "mc" / "0-32.npz").unlink()
+        (store / "jobs" / "mc" / "blocks" / "0-32.npz").unlink()
     match = damage(store)
     with pytest.raises(ValueError, match=match):
         mcdiff.estimate(CountingSampler(), store=store, **{**RUN, "designs": ["mc"]})
@@ -195,4 +195,9 @@ def test_fingerprint_records_what_produced_the_values(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)mcdiff_version: stored .0\.1\.0.*noise_generator: stored null"):
         ResultStore.open(tmp_path / "old", new)
     store = ResultStore.open(tmp_path / "s", {k: v for k, v in fingerprint.items() if k != "format"})
+    job = json.loads((tmp_path / "s" / "jobs" / "amc-rqmc" / "job.json").read_text())
+    assert job["seed"] == 5 and job["statistics"] == STATS and job["values"] is True
+    store.job("amc-rqmc", job)
     assert store.done("amc-rqmc") == [(start, start + 32) for start in range(0, 256, 32)]
+    with pytest.raises(ValueError, match="(?s)job .amc-rqmc. .* was written differently.*seed: stored 5, requested 6"):
+        store.job("amc-rqmc", {**job, "seed": 6})

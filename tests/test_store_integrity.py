@@ -59,7 +59,7 @@ def test_a_model_with_other_weights_and_the_same_configuration_is_refused(tmp_pa
         next(other.parameters()).view(-1)[0] += 1e-6
     perturbed = mcdiff.DiffusionSampler(other, sampler.scheduler, num_inference_steps=2)
     assert other.config == sampler.unet.config
-    next((tmp_path / "s" / "blocks" / "mc").glob("*.npz")).unlink()  # half done: the old code mixed both
+    next((tmp_path / "s" / "jobs" / "mc" / "blocks").glob("*.npz")).unlink()  # half done: the old code mixed both
     with pytest.raises(ValueError, match=r"model\.weights_sha256: stored \"[0-9a-f]{64}\", requested"):
         mcdiff.estimate(perturbed, store=tmp_path / "s", **run)
     # the same weights in a fresh copy resume the store
@@ -157,7 +157,7 @@ def test_a_second_writer_is_refused_at_once_and_the_first_finishes_unharmed(tmp_
     while not (tmp_path / "ready").exists():
         assert first.poll() is None and time.monotonic() < deadline, first.stderr.read().decode()[-2000:]
         time.sleep(0.02)
-    in_flight = store / "blocks" / "mc" / f".96-128.npz.{first.pid}.tmp"  # as if it were writing a block
+    in_flight = store / "jobs" / "mc" / "blocks" / f".96-128.npz.{first.pid}.tmp"  # as if it were writing a block
     in_flight.write_bytes(b"partial")
 
     second = PausingSampler(tmp_path)
@@ -246,7 +246,7 @@ class FailingSampler(CountingSampler):
 def test_the_lock_is_released_when_the_run_fails_or_is_interrupted(tmp_path, error):
     with pytest.raises(type(error)):
         _run(FailingSampler(error), tmp_path / "s")
-    assert not (tmp_path / "s" / LOCK).exists() and (tmp_path / "s" / "blocks" / "mc" / "0-32.npz").exists()
+    assert not (tmp_path / "s" / LOCK).exists() and (tmp_path / "s" / "jobs" / "mc" / "blocks" / "0-32.npz").exists()
 
 
 # ---- 4. stored blocks are checked as fresh ones ------------------------------------------
@@ -259,7 +259,7 @@ def complete(tmp_path):
 
 
 def test_a_stored_block_with_nan_is_refused_by_name(complete):
-    block = complete / "blocks" / "mc" / "32-64.npz"
+    block = complete / "jobs" / "mc" / "blocks" / "32-64.npz"
     with np.load(block) as data:
         content = {k: data[k] for k in data.files}
     content["stat_centroid"][3, 1] = np.nan
@@ -275,7 +275,7 @@ def test_a_stored_block_with_nan_is_refused_by_name(complete):
 
 
 def test_two_block_files_over_the_same_addresses_are_named(complete):
-    folder = complete / "blocks" / "mc"
+    folder = complete / "jobs" / "mc" / "blocks"
     (folder / "0-64.npz").write_bytes((folder / "0-32.npz").read_bytes())
     with pytest.raises(ValueError, match="overlapping block files '0-32.npz' and '0-64.npz' of design 'mc'"):
         _run(CountingSampler(), complete)
@@ -283,25 +283,25 @@ def test_two_block_files_over_the_same_addresses_are_named(complete):
 
 def test_a_store_without_its_fingerprint_says_what_is_missing(complete):
     (complete / "fingerprint.json").unlink()
-    with pytest.raises(ValueError, match="holds block files but its fingerprint.json is missing") as err:
+    with pytest.raises(ValueError, match="holds jobs but its fingerprint.json is missing") as err:
         _run(CountingSampler(), complete)
     assert "empty directory" not in _one_line(err)
 
 
 def test_a_block_of_random_bytes_is_named_without_advice_to_unpickle(complete):
-    (complete / "blocks" / "mc" / "64-96.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    (complete / "jobs" / "mc" / "blocks" / "64-96.npz").write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(ValueError, match=r"block file '.*64-96.npz' is damaged or not a block file") as err:
         _run(CountingSampler(), complete)
     assert "pickle" not in _one_line(err)
 
 
-def test_a_store_of_the_older_format_is_refused_saying_so(complete):
+@pytest.mark.parametrize("older", ["mcdiff-store/1", "mcdiff-store/2"])
+def test_a_store_of_an_older_format_is_refused_saying_so(complete, older):
     fingerprint = json.loads((complete / "fingerprint.json").read_text())
-    (complete / "fingerprint.json").write_text(json.dumps({**fingerprint, "format": "mcdiff-store/1"}))
+    (complete / "fingerprint.json").write_text(json.dumps({**fingerprint, "format": older}))
     with pytest.raises(
         ValueError,
-        match="has format 'mcdiff-store/1', this mcdiff reads 'mcdiff-store/2': it was "
-        "written by an older mcdiff",
+        match=f"has format '{older}', this mcdiff reads 'mcdiff-store/3': it was written by an older mcdiff",
     ):
         _run(CountingSampler(), complete)
 
@@ -330,7 +330,7 @@ def _remount(folder: Path, options: str) -> None:
 def test_a_complete_store_is_read_from_a_read_only_file_system(tmp_path, uninterrupted):
     with _tmpfs(tmp_path / "ro", "4m") as mount:
         _run(CountingSampler(), mount / "s")
-        leftover = mount / "s" / "blocks" / "mc" / ".0-32.npz.999.tmp"  # left by a killed writer
+        leftover = mount / "s" / "jobs" / "mc" / "blocks" / ".0-32.npz.999.tmp"  # left by a killed writer
         leftover.write_bytes(b"partial")
         _remount(mount, "ro")
         sampler = CountingSampler()
@@ -341,7 +341,7 @@ def test_a_complete_store_is_read_from_a_read_only_file_system(tmp_path, uninter
 def test_a_store_that_needs_writing_and_cannot_be_is_refused_before_any_evaluation(tmp_path):
     with _tmpfs(tmp_path / "ro", "4m") as mount:
         _run(CountingSampler(), mount / "s")
-        (mount / "s" / "blocks" / "mc" / "64-96.npz").unlink()
+        (mount / "s" / "jobs" / "mc" / "blocks" / "64-96.npz").unlink()
         _remount(mount, "ro")
         sampler = CountingSampler()
         with pytest.raises(
@@ -365,8 +365,8 @@ def test_a_full_disk_is_one_line_with_the_free_space_and_the_store_resumes(tmp_p
             mcdiff.estimate(mcdiff.GaussianSampler(**big), store=mount / "s", **run)
         _one_line(err)
         assert err.value.__cause__ is None and err.value.__suppress_context__
-        assert not list(mount.glob("s/blocks/mc/.*")) and not (mount / "s" / LOCK).exists()
-        stored = len(list(mount.glob("s/blocks/mc/*.npz")))
+        assert not list(mount.glob("s/jobs/mc/blocks/.*")) and not (mount / "s" / LOCK).exists()
+        stored = len(list(mount.glob("s/jobs/mc/blocks/*.npz")))
         assert 0 < stored < 8
         _remount(mount, "size=4m")
         assert mcdiff.estimate(mcdiff.GaussianSampler(**big), store=mount / "s", **run).identical(reference)
