@@ -126,7 +126,7 @@ def _add_estimate(sub, parents) -> None:
                          help="seed of the measurement noise and the random mask (default 0)")
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-result.nc"), help=RESULT_HELP)
     p.add_argument("--draws", choices=list(DRAWS), default="auto",
-                   help="where per-evaluation values go: auto (in the result when they fit in "
+                   help="where per-evaluation values go: auto (a statistic's in the result when they fit in "
                    f"{DRAWS_LIMIT // 2**20} MiB per design), memory, store (its block files), none")
     p.add_argument("--target-ci-width", type=float, help="stop when CI width <= this (doubling n)")
     p.add_argument("--target-rel-width", type=float, help="stop when CI width <= this · |estimate|")

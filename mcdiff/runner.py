@@ -17,8 +17,10 @@ statistic's size per job, whatever the number of evaluations.
 Per-evaluation values (``/draws``) are a choice (``draws=``): ``"memory"`` keeps them in the
 result (and in the store's block files when there is a store), ``"store"`` only in the
 store's block files (read lazily with :func:`mcdiff.store.open_draws`), ``"none"`` nowhere;
-``"auto"`` (the default) keeps a job's values in memory when they take at most
-:data:`DRAWS_LIMIT` bytes at the run's largest size, and otherwise nowhere.
+``"auto"`` (the default) keeps a statistic's values in memory when they take at most
+:data:`DRAWS_LIMIT` bytes per design at the run's largest size, and otherwise nowhere.
+``/draws`` holds the statistics kept in memory; ``/summary``'s attribute ``draws`` says
+``"memory"`` only when it holds them all.
 
 Sequential stopping runs in rounds: evaluations ``0 .. n_0 - 1``, then up to ``2 n_0``,
 ``4 n_0``, ... until every design's interval meets the target or the next round would pass
@@ -61,7 +63,7 @@ DRAWS = ("auto", "memory", "store", "none")
 """Where per-evaluation values go: see the module."""
 
 DRAWS_LIMIT = 64 * 2**20
-"""Bytes of one job's per-evaluation values (float64) up to which ``draws="auto"`` keeps them in memory."""
+"""Bytes of one statistic's per-evaluation values (float64) in one job up to which ``draws="auto"`` keeps them."""
 
 
 def check_draws(draws: str, store) -> str:
@@ -76,15 +78,22 @@ def check_draws(draws: str, store) -> str:
 class _JobState:
     """One job's accumulators, its folded prefix, blocks waiting for their turn and kept values.
 
-    A waiting block's values may be ``None``: a block of the store, read when its turn comes.
+    ``memory`` names the statistics whose values are kept in memory, ``stored`` those the
+    store's block files hold. A waiting block's values may be ``None``: a block of the store
+    (holding every statistic), read when its turn comes.
     """
 
-    def __init__(self, job: Job, group_size: int, in_memory: bool, in_store: bool, store):
-        self.job, self.in_memory, self.in_store, self.store = job, in_memory, in_store, store
+    def __init__(self, job: Job, group_size: int, memory: set[str], stored: set[str], store):
+        self.job, self.memory, self.stored, self.store = job, memory, stored, store
         self.moments = {s.name: GroupMoments(group_size) for s in job.statistics}
         self.prefix = 0
         self.waiting: dict[int, tuple[int, dict[str, np.ndarray] | None]] = {}
         self.kept: list[dict[str, np.ndarray]] = []
+
+    @property
+    def from_blocks(self) -> bool:
+        """Whether the store's blocks hold every statistic, so they (not a state file) are what resumes."""
+        return self.store is not None and self.stored == set(self.moments)
 
     def take(self, start: int, stop: int, values: dict[str, np.ndarray] | None, upto: float = math.inf) -> bool:
         """Queue a block's values and fold every block now next in address order and ending by ``upto``.
@@ -99,8 +108,8 @@ class _JobState:
                 values = self.store.read_block(self.job.key, self.prefix, stop)
             for name, v in values.items():
                 self.moments[name].fold(v)
-            if self.in_memory:
-                self.kept.append(values)
+            if self.memory:
+                self.kept.append({name: values[name] for name in self.memory})
             self.prefix, folded = stop, True
         return folded
 
@@ -134,59 +143,84 @@ class Evaluations:
         self.store, self.draws, self.bar = store, draws, bar
         self._jobs: dict[str, _JobState] = {}
 
-    def add(self, job: Job, largest_n: int, image_shape: Sequence[int], draws: str | None = None) -> None:
+    def add(
+        self,
+        job: Job,
+        largest_n: int,
+        image_shape: Sequence[int],
+        draws: str | None = None,
+        keep: Sequence[str] = (),
+    ) -> None:
         """Register ``job`` (at most ``largest_n`` evaluations, images of ``image_shape``) and restore its stored state.
 
-        ``draws`` overrides the loop's choice for this job (e.g. ``"memory"`` for a pilot).
+        ``draws`` overrides the loop's choice for this job (e.g. ``"memory"`` for a pilot);
+        the values of the statistics named in ``keep`` are kept in memory in any case (a target
+        that needs them). ``"auto"`` keeps a statistic's values when they take at most
+        :data:`DRAWS_LIMIT` bytes at ``largest_n``.
 
         Raises
         ------
         ValueError
             When the store's job differs, or cannot give the values asked for (``draws="memory"``
-            or ``"store"`` on a store that kept none).
+            or ``"store"``, or ``keep``, on a store that kept fewer).
         """
         group_size = job.design.group_size(largest_n)
-        per_eval = sum(int(np.prod(s(probe_images(image_shape, 1)).shape[1:])) for s in job.statistics)
-        small = largest_n * per_eval * 8 <= DRAWS_LIMIT
+        names = [s.name for s in job.statistics]
+        probe = probe_images(image_shape, 1)
+        size = {s.name: int(np.prod(s(probe).shape[1:])) for s in job.statistics}
         mode = draws or self.draws
-        in_memory = mode == "memory" or (mode == "auto" and small)
-        in_store = self.store is not None and (in_memory or mode == "store")
+        if mode == "memory":
+            memory = set(names)
+        elif mode == "auto":
+            memory = {n for n in names if largest_n * size[n] * 8 <= DRAWS_LIMIT}
+        else:
+            memory = set()
+        memory |= set(keep)
+        stored = set() if self.store is None else set(names) if mode == "store" else set(memory)
         if self.store is not None:
-            stored = self.store.job(
-                job.key,
-                {
-                    "design": repr(job.design),
-                    "seed": job.seed,
-                    "statistics": [s.name for s in job.statistics],
-                    "variant": repr(job.variant),
-                    "values": in_store,
-                },
-            )
-            if in_store and not stored["values"] and mode != "auto":
+            description = {
+                "design": repr(job.design),
+                "seed": job.seed,
+                "statistics": names,
+                "variant": repr(job.variant),
+                "values": sorted(stored),
+            }
+            stored = set(self.store.job(job.key, description)["values"])
+            lacking = (memory | (set(names) if mode == "store" else set())) - stored
+            needed = lacking if mode != "auto" else lacking & set(keep)
+            if needed:
                 raise ValueError(
-                    f"store {str(self.store.path)!r} kept no per-evaluation values for job {job.key!r}, so "
-                    f"draws={mode!r} cannot be served: give a new store, or draws='none'"
+                    f"store {str(self.store.path)!r} kept per-evaluation values of {sorted(stored) or 'no statistic'} "
+                    f"for job {job.key!r}, so draws={mode!r} cannot be served for {sorted(needed)}: give a new "
+                    "store, or draws='none'"
                 )
-            in_store = bool(stored["values"])
-            in_memory = in_memory and in_store if mode == "auto" else in_memory
-        state = _JobState(job, group_size, in_memory, in_store, self.store)
+            memory -= lacking
+        state = _JobState(job, group_size, memory, stored, self.store)
         self._jobs[job.key] = state
         if self.store is None:
             return
-        if not in_store:  # the accumulators alone: resume from the stored prefix
-            restored = self.store.read_state(job.key)
-            if restored is not None and restored[0] > largest_n:
-                raise ValueError(
-                    f"store {str(self.store.path)!r} holds {restored[0]} evaluations of job {job.key!r} and no "
-                    f"per-evaluation values, so it cannot be summarized at {largest_n}: ask for at least "
-                    f"{restored[0]} evaluations, or give a new store"
-                )
-            if restored is not None:
-                state.prefix, state.moments = restored
+        if state.from_blocks:  # every value is stored: blocks are refolded in address order as rounds reach them
+            for start, stop in self.store.done(job.key):
+                state.waiting[start] = (stop, None)
             return
-        # per-evaluation values are the truth: their blocks are refolded in address order as rounds reach them
-        for start, stop in self.store.done(job.key):
-            state.waiting[start] = (stop, None)
+        restored = self.store.read_state(job.key)  # the accumulators: resume from the stored prefix
+        if restored is None:
+            return
+        if restored[0] > largest_n:
+            raise ValueError(
+                f"store {str(self.store.path)!r} holds {restored[0]} evaluations of job {job.key!r} without "
+                f"every statistic's per-evaluation values, so it cannot be summarized at {largest_n}: ask for at "
+                f"least {restored[0]} evaluations, or give a new store"
+            )
+        state.prefix, state.moments = restored
+        if memory:
+            below = [(a, b) for a, b in self.store.done(job.key) if b <= state.prefix]
+            if sum(b - a for a, b in below) != state.prefix:
+                raise ValueError(
+                    f"store {str(self.store.path)!r} lacks block files of job {job.key!r} below its stored state: "
+                    f"delete {str(self.store.path / 'jobs' / job.key)!r} to recompute the job"
+                )
+            state.kept = [{k: v for k, v in self.store.read_block(job.key, a, b).items() if k in memory} for a, b in below]
 
     def run(self, wanted: Sequence[tuple[Job, int]]) -> None:
         """Evaluate every ``(job, n)`` up to ``n`` evaluations (jobs added before), folding as blocks return."""
@@ -202,9 +236,10 @@ class Evaluations:
         self.bar.refresh()
         for block, values in self.executor.evaluate(self.model, self.batch_size, blocks):
             state = self._jobs[block.job.key]
-            if state.in_store:
-                self.store.write(block.job.key, block.start, block.stop, values)
-            if state.take(block.start, block.stop, values, upto=block.n_evals) and self.store is not None and not state.in_store:
+            if state.stored:
+                self.store.write(block.job.key, block.start, block.stop, {n: values[n] for n in state.stored})
+            folded = state.take(block.start, block.stop, values, upto=block.n_evals)
+            if folded and self.store is not None and not state.from_blocks:
                 self.store.write_state(block.job.key, state.prefix, state.moments)
             self.bar.update(block.stop - block.start)
 
@@ -219,15 +254,14 @@ class Evaluations:
             )
         return state.moments
 
-    def values(self, job: Job, n: int) -> dict[str, np.ndarray] | None:
-        """Kept values ``{statistic: (n, *own_shape)}`` of evaluations ``0 .. n - 1``, or ``None`` if not kept."""
+    def values(self, job: Job, n: int) -> dict[str, np.ndarray]:
+        """Values ``{statistic: (n, *own_shape)}`` of evaluations ``0 .. n - 1`` of the statistics kept in memory."""
         state = self._jobs[job.key]
-        if not state.in_memory:
-            return None
-        out = {}
-        for stat in state.job.statistics:
-            out[stat.name] = np.concatenate([block[stat.name] for block in state.kept])[:n]
-        return out
+        return {
+            stat.name: np.concatenate([block[stat.name] for block in state.kept])[:n]
+            for stat in state.job.statistics
+            if stat.name in state.memory
+        }
 
 
 def estimate(
@@ -290,8 +324,9 @@ def estimate(
     max_evals : int, optional
         Budget cap per design for sequential stopping: no round exceeds it.
     draws : {"auto", "memory", "store", "none"}
-        Where per-evaluation values go (see the module): ``"auto"`` keeps a design's values in
-        memory (and in the store) when they take at most :data:`DRAWS_LIMIT` bytes, else nowhere.
+        Where per-evaluation values go (see the module): ``"auto"`` keeps a statistic's values in
+        memory (and in the store) when they take at most :data:`DRAWS_LIMIT` bytes per design,
+        else nowhere.
 
     Returns
     -------
@@ -354,8 +389,9 @@ def estimate(
     final = layouts if stopping else resolved
     noise = {d.name: d.describe(info.noise_spec) for d in final}
     layout = {s.name: s.layout(next(iter(moments.values()))[s.name].sums["shift"]) for s in stats}
-    where = "memory" if all(v is not None for v in kept.values()) else ("store" if draws == "store" else "none")
-    values = _draws_dataset(kept, final, stats, noise, n) if where == "memory" else None
+    in_memory = [s for s in stats if all(s.name in v for v in kept.values())]
+    where = "memory" if len(in_memory) == len(stats) else ("store" if draws == "store" else "none")
+    values = _draws_dataset(kept, final, in_memory, noise, n) if in_memory else None
     attrs = {**info.settings, "seed": seed, "draws": where}
     if stopping is None:
         return build_result(moments, layout, confidence, attrs, noise=noise, draws=values)

@@ -190,8 +190,8 @@ class ResultStore:
         """Register job ``key`` (creating its directory and ``job.json``) or check it against the stored one.
 
         ``description`` is JSON-safe and holds ``statistics`` (names, in order) and ``values``
-        (whether block files hold per-evaluation values). Returns the stored description: its
-        ``values`` is the one that counts for an existing job.
+        (the names whose per-evaluation values block files hold). Returns the stored
+        description: its ``values`` is the one that counts for an existing job.
 
         Raises
         ------
@@ -328,11 +328,13 @@ class ResultStore:
             When the write fails (a full disk: with the free space); no partial block is left.
         """
         folder = self._dir(design)
-        if set(values) != set(self._jobs[design]["statistics"]):
+        if set(values) != set(self._jobs[design]["values"]):
             raise ValueError(
-                f"block has statistics {sorted(values)}, the job {self._jobs[design]['statistics']}"
+                f"block has statistics {sorted(values)}, the job keeps {self._jobs[design]['values']}"
             )
         for other_start, other_stop in self._index[design].items():
+            if (start, stop) == (other_start, other_stop):
+                continue  # the same block again (computed anew after a crash before its state): replaced
             if start < other_stop and other_start < stop:
                 raise ValueError(
                     f"block [{start}, {stop}) of design {design!r} overlaps stored block "
@@ -380,7 +382,7 @@ class ResultStore:
             problem = "it was written by a different run (fingerprint digest differs)"
         elif (int(content.get("start", -1)), int(content.get("stop", -1))) != (start, stop):
             problem = "its stored range differs from its name"
-        elif names != sorted(self._jobs[design]["statistics"]):
+        elif names != sorted(self._jobs[design]["values"]):
             problem = f"it holds statistics {names}"
         elif any(len(content[f"stat_{n}"]) != stop - start for n in names):
             problem = "its row count differs from its range"

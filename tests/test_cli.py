@@ -124,7 +124,8 @@ def test_shared_options_are_declared_once_and_mean_the_same_everywhere():
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
     for option, names in {"--seed": ("estimate", "multifidelity", "diagnose"),
-                          "--solver": ("estimate", "diagnose"), "--confidence": ("estimate", "multifidelity")}.items():
+                          "--solver": ("estimate", "diagnose"), "--confidence": ("estimate", "multifidelity"),
+                          "--store": ("estimate", "multifidelity"), "--dask-scheduler": ("estimate", "multifidelity")}.items():
         helps = {commands[n]._option_string_actions[option].help for n in names}
         assert len(helps) == 1, (option, helps)
 

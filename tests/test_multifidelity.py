@@ -393,6 +393,22 @@ def test_the_cli_writes_a_result_per_method(tmp_path, capsys):
     assert list(result["summary"]["design"].values) == ["cv+amc", "cv+mc/amc"]
 
 
+def test_the_cli_keeps_a_store_per_method_and_resumes_from_it(tmp_path, capsys):
+    argv = ["multifidelity", "--fidelities", "2", "8", "--method", "mlmc", "cv", "--statistics", "brightness",
+            "--designs", "amc", "-n", "16", "8", "--pilot", "8", "--store", str(tmp_path / "s")]
+    assert main([*argv, "-o", str(tmp_path / "a.nc")]) == 0
+    assert {p.name for p in (tmp_path / "s").iterdir()} == {"mlmc", "cv"}
+    assert main([*argv, "-o", str(tmp_path / "b.nc")]) == 0  # read back from the stores
+    for method in ("mlmc", "cv"):
+        first, again = (mcdiff.load_result(tmp_path / f"{name}-{method}.nc") for name in "ab")
+        assert first["summary"].identical(again["summary"]) and first["levels"].identical(again["levels"])
+    capsys.readouterr()
+    other = ["--pilot" if a == "--pilot" else a for a in argv]
+    other[other.index("--pilot") + 1] = "16"
+    assert main([*other, "-o", str(tmp_path / "c.nc")]) == 2
+    assert "was written by a different run" in capsys.readouterr().err
+
+
 def test_the_cli_refuses_cv_with_three_fidelities_before_running(tmp_path, capsys):
     code = main(["multifidelity", "--method", "mlmc", "cv", "-o", str(tmp_path / "r.nc")])
     assert code == 2 and "give 2 fidelities, got [4, 12, 50]" in capsys.readouterr().err

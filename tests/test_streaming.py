@@ -111,10 +111,12 @@ def test_auto_keeps_small_values_and_drops_large_ones(monkeypatch):
     assert small["summary"].attrs["draws"] == "memory" and "draws" in small.children
     monkeypatch.setattr(mcdiff.runner, "DRAWS_LIMIT", 256 * 16 * 8 - 1)  # just below one design's pixel map
     large = mcdiff.estimate(CountingSampler(), **RUN)
-    assert large["summary"].attrs["draws"] == "none" and "draws" not in large.children
-    _same(large, small)
+    assert large["summary"].attrs["draws"] == "none" and list(large["draws"].data_vars) == ["brightness"]
+    _same(large, small)  # per statistic: the small brightness is kept, the pixel map is not
+    np.testing.assert_array_equal(large["draws"]["brightness"].values, small["draws"]["brightness"].values)
+    nothing = mcdiff.estimate(CountingSampler(), **RUN, draws="none")
     with pytest.raises(ValueError, match="no /draws"):
-        mcdiff.to_arviz(large, "mc")
+        mcdiff.to_arviz(nothing, "mc")
 
 
 def test_values_kept_in_the_store_read_lazily(tmp_path):
