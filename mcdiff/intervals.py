@@ -31,8 +31,9 @@ non-increasing in ``m`` (and of ``K-`` non-decreasing), so ``C_t = [L_t, U_t]`` 
 ``L_t = inf {m : K+_t(m) < 2/a}`` found by bisection (40 halvings of [0, 1], the bound kept
 on its outer side) and ``U_t`` the same on ``1 - y``. Betting intervals are narrower than
 Bernstein's in the paper's experiments and in the tests here, by about half on low-variance
-data. Both pay for validity at small ``G``: their width is at least about
-``log(2/a) / (G c)``, several times the t-interval's when the values barely vary.
+data. Both pay for validity at small ``G``: Bernstein's half-width is at least
+``log(2/a) / (G c)`` (in units of ``hi - lo``, as ``lambda_i <= c``), several times the
+t-interval's when the values barely vary.
 
 **Confidence sequences** (:func:`bernstein_sequence`, :func:`betting_sequence`): the bounds
 after each group with the ``t log(1 + t)`` bets, intersected over time (``max`` of lower
