@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.special import ndtr, ndtri, owens_t
+
+from mcdiff.samplers.gaussian import decoded_mean
 
 REC601 = (0.299, 0.587, 0.114)
 """Rec. 601 luma weights for RGB."""
@@ -239,3 +242,178 @@ def exact_expectation(model, statistic: str | Statistic | Callable) -> np.ndarra
     if not callable(getattr(model, "expected_image", None)):
         raise ValueError(f"{type(model).__name__} has no exact expected_image(); use an analytic model")
     return stat(torch.as_tensor(model.expected_image())[None])[0]
+
+
+LAW_OUTPUTS = ("affine", "probit")
+"""Output maps under which :func:`exact_law` knows a statistic's law (``clip`` has point masses)."""
+
+
+@dataclass(frozen=True)
+class StatisticLaw:
+    """The exact marginal law of each component of a statistic: a monotone map of a normal mixture.
+
+    Component ``j`` of the statistic is ``T(X_j)`` with ``X_j ~ sum_k pi_k N(m_kj, s_kj^2)``
+    and ``T`` the identity (``output="affine"``) or the probit decoder
+    ``T(x) = Phi((x - 1/2) / w)`` (increasing, onto (0, 1)). Built by :func:`exact_law`.
+
+    Parameters
+    ----------
+    weights : array (K,)
+    means, stds : array (K, *own_shape)
+    output : {"affine", "probit"}
+    probit_width : float
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    stds: np.ndarray
+    output: str = "affine"
+    probit_width: float = 0.25
+
+    def _decode(self, x: np.ndarray) -> np.ndarray:
+        return ndtr((x - 0.5) / self.probit_width) if self.output == "probit" else x
+
+    def _mixture_cdf(self, x: np.ndarray) -> np.ndarray:
+        return sum(w * ndtr((x - m) / s) for w, m, s in zip(self.weights, self.means, self.stds))
+
+    def cdf(self, x) -> np.ndarray:
+        """``P(f_j <= x)``, ``x`` broadcastable to ``(..., *own_shape)``.
+
+        Probit: ``P(X <= 1/2 + w Phi^-1(x))`` for ``x`` in [0, 1] (0 below, 1 above).
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if self.output == "probit":
+            x = np.where(x <= 0, -np.inf, np.where(x >= 1, np.inf, 0.5 + self.probit_width * ndtri(np.clip(x, 0, 1))))
+        return self._mixture_cdf(x)
+
+    def quantile(self, levels) -> np.ndarray:
+        """``q_p = inf {x : F(x) >= p}`` ``(L, *own_shape)`` for levels ``p`` ``(L,)`` in (0, 1).
+
+        One component: ``T(m + s Phi^-1(p))``. A mixture: the root of its CDF by bisection
+        between the smallest and largest component quantiles (100 halvings), then ``T``.
+        """
+        levels = check_levels(levels)
+        shape = (len(levels),) + (1,) * self.means[0].ndim
+        z = ndtri(levels).reshape(shape)
+        component = [m + s * z for m, s in zip(self.means, self.stds)]  # each (L, *own_shape)
+        low, high = np.minimum.reduce(component), np.maximum.reduce(component)
+        if len(self.weights) > 1:
+            target = levels.reshape(shape)
+            for _ in range(100):
+                middle = (low + high) / 2
+                below = self._mixture_cdf(middle) < target
+                low, high = np.where(below, middle, low), np.where(below, high, middle)
+        return self._decode(high)
+
+    def mean(self) -> np.ndarray:
+        """``E f_j`` ``(*own_shape)``: ``sum_k pi_k E T(X_kj)`` (:func:`~mcdiff.samplers.gaussian.decoded_mean`)."""
+        return np.tensordot(self.weights, decoded_mean(self.output, self.means, self.stds, self.probit_width), axes=1)
+
+    def variance(self) -> np.ndarray:
+        """``Var f_j`` ``(*own_shape)`` over generated images.
+
+        Affine: ``sum_k pi_k (s_k^2 + m_k^2) - (E f)^2``. Probit, with ``a = (m - 1/2) / w``,
+        ``b = s / w``, ``h = a / sqrt(1 + b^2)``: ``E[Phi(a + b Z)^2] = Phi_2(h, h; rho)``,
+        ``rho = b^2 / (1 + b^2)``, ``= Phi(h) - 2 T(h, 1 / sqrt(1 + 2 b^2))`` (Owen's T).
+        """
+        if self.output == "probit":
+            a, b = (self.means - 0.5) / self.probit_width, self.stds / self.probit_width
+            h = a / np.sqrt(1 + b**2)
+            second = ndtr(h) - 2 * owens_t(h, 1 / np.sqrt(1 + 2 * b**2))
+        else:
+            second = self.stds**2 + self.means**2
+        return np.maximum(np.tensordot(self.weights, second, axes=1) - self.mean() ** 2, 0.0)
+
+
+def check_levels(levels) -> np.ndarray:
+    """Quantile levels as a float array ``(L,)``, each in (0, 1), else ``ValueError``."""
+    array = np.atleast_1d(np.asarray(levels, dtype=np.float64))
+    if array.ndim != 1 or len(array) == 0 or not ((array > 0) & (array < 1)).all():
+        raise ValueError(f"quantile levels must be numbers in (0, 1), e.g. 0.05 0.5 0.95; got {levels!r}")
+    return array
+
+
+def exact_law(model, statistic: str | Statistic | Callable) -> StatisticLaw:
+    """The exact law of each component of a statistic under an analytic model.
+
+    The model's unclipped output ``Y`` is a Gaussian mixture ``sum_k pi_k N(mean_k,
+    diag(std_k^2) + F_k F_k^T)`` (``model.output_mixture()``): at the sampler's own step
+    count for :class:`~mcdiff.samplers.gaussian.GaussianSampler` (its map is affine), in
+    the limit of the sampler (the data) for
+    :class:`~mcdiff.samplers.mixture.GaussianMixtureSampler`. A linear statistic
+    ``f(Y) = f(0) + L Y`` is then, component by component, a normal mixture with::
+
+        m_kj   = f_j(mean_k)
+        s_kj^2 = sum_p L_jp^2 std_kp^2 + sum_r (L_j F_kr)^2,     L_jp = f_j(e_p) - f_j(0)
+
+    This is the law with the affine output, for any linear statistic (brightness,
+    pixel_mean, a user ``Statistic(..., linear=True)``). With the probit output only the
+    pixels themselves (``pixel_mean``) have a known law, each ``Phi((Y_p - 1/2) / w)``.
+
+    Returns
+    -------
+    StatisticLaw
+        ``means, stds (K, *own_shape)``.
+    """
+    stat = get_statistic(statistic)
+    if not callable(getattr(model, "output_mixture", None)):
+        raise ValueError(f"{type(model).__name__} has no exact output_mixture(); use an analytic model")
+    output = getattr(model, "output", "affine")
+    if output not in LAW_OUTPUTS:
+        raise ValueError(f"the exact law is known for outputs {LAW_OUTPUTS}, not {output!r} (point masses at 0 and 1)")
+    if output != "affine" and stat != pixel_mean:
+        raise ValueError(
+            f"with the {output!r} output only pixel_mean has a known law (each pixel a monotone map "
+            f"of a normal), not {stat.name!r}"
+        )
+    if not stat.linear:
+        raise ValueError(f"the exact law is known only for linear statistics; {stat.name!r} is not linear")
+    law = model.output_mixture()
+    means, stds, factors = (torch.as_tensor(np.asarray(law[k], dtype=np.float64)) for k in ("means", "stds", "factors"))
+    n_comp, rank = factors.shape[:2]
+    image_shape = means.shape[1:]
+    at_zero = stat(torch.zeros(1, *image_shape, dtype=torch.float64))
+    variance = np.zeros((n_comp, *at_zero.shape[1:]))
+    if rank:
+        variance += ((stat(factors.reshape(-1, *image_shape)) - at_zero) ** 2).reshape(n_comp, rank, *at_zero.shape[1:]).sum(1)
+    pixels = int(np.prod(image_shape))
+    flat_std2 = (stds**2).reshape(n_comp, pixels).numpy()
+    for start in range(0, pixels, 256):  # L_jp = f_j(e_p) - f_j(0), 256 unit images at a time
+        stop = min(pixels, start + 256)
+        units = torch.zeros(stop - start, pixels, dtype=torch.float64)
+        units[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+        slopes = stat(units.reshape(-1, *image_shape)) - at_zero  # (P, *own_shape)
+        variance += np.tensordot(flat_std2[:, start:stop], slopes**2, axes=1)
+    return StatisticLaw(
+        weights=np.asarray(law["weights"], dtype=np.float64),
+        means=stat(means),
+        stds=np.sqrt(variance),
+        output=output,
+        probit_width=float(getattr(model, "probit_width", 0.25)),
+    )
+
+
+def exact_cdf(model, statistic: str | Statistic | Callable, x) -> np.ndarray:
+    """Exact ``P(f_j <= x)`` of each component, ``x`` broadcastable to ``(..., *own_shape)`` (see :func:`exact_law`)."""
+    return exact_law(model, statistic).cdf(x)
+
+
+def exact_quantile(model, statistic: str | Statistic | Callable, levels) -> np.ndarray:
+    """Exact quantiles ``(L, *own_shape)`` of each component at ``levels`` in (0, 1) (see :func:`exact_law`)."""
+    return exact_law(model, statistic).quantile(levels)
+
+
+def exact_exceedance(model, statistic: str | Statistic | Callable, threshold, above: bool = True) -> np.ndarray:
+    """Exact ``P(f_j > c)`` (``above``) or ``P(f_j < c)`` of each component (the laws are continuous)."""
+    cdf = exact_cdf(model, statistic, threshold)
+    return 1 - cdf if above else cdf
+
+
+def exact_variance(model, statistic: str | Statistic | Callable) -> np.ndarray:
+    """Exact ``Var f_j`` ``(*own_shape)`` over generated images (see :meth:`StatisticLaw.variance`)."""
+    return exact_law(model, statistic).variance()
+
+
+def exact_std(model, statistic: str | Statistic | Callable) -> np.ndarray:
+    """Exact standard deviation ``sqrt(Var f_j)`` ``(*own_shape)`` over generated images."""
+    return np.sqrt(exact_variance(model, statistic))

@@ -155,6 +155,24 @@ class GaussianSampler(DiffusionSampler):
         base, slopes = images[0], images[1:] - images[0]
         return base, slopes.pow(2).sum(0).sqrt()
 
+    def output_mixture(self) -> dict[str, np.ndarray]:
+        """The exact law of the *unclipped* output ``Y`` at this step count, as a one-component mixture.
+
+        ``Y = (x_0 + 1) / 2`` is an affine, pixel-wise map of the noise path, so its pixels
+        are independent normals ``N(m_p, s_p^2)`` (:meth:`output_moments`): the finite-step
+        answer, not the data distribution it converges to. The form is that of
+        :meth:`~mcdiff.samplers.mixture.GaussianMixtureSampler.output_mixture`, which
+        :func:`mcdiff.functionals.exact_law` reads.
+
+        Returns
+        -------
+        dict
+            ``weights (1,)``, ``means (1, C, H, W)``, ``stds (1, C, H, W)`` and
+            ``factors (1, 0, C, H, W)`` (no low-rank part), image units.
+        """
+        m, s = (t.numpy() for t in self.output_moments())
+        return {"weights": np.ones(1), "means": m[None], "stds": s[None], "factors": np.zeros((1, 0, *m.shape))}
+
     def expected_image(self) -> torch.Tensor:
         """Exact ``E[image]`` ``(C, H, W)`` for the chosen ``output``.
 

@@ -292,6 +292,22 @@ class GaussianMixtureSampler(DiffusionSampler):
         """
         return self.stds**2 + (self.factors**2).sum(1)
 
+    def output_mixture(self) -> dict[str, np.ndarray]:
+        """The law of the *unclipped* output ``Y`` in the sampler's limit: the data distribution.
+
+        ``Y ~ sum_k pi_k N(mean_k, diag(std_k^2) + F_k F_k^T)``, image units. The sampler's
+        map is not affine, so a finite step count differs from it by its discretisation bias
+        (brightness: -4.9e-4 at 20 DDIM steps, ``benchmarks/results/mixture_bias.md``); no
+        closed form gives the finite-step law. :func:`mcdiff.functionals.exact_law` reads it.
+
+        Returns
+        -------
+        dict
+            ``weights (K,)``, ``means (K, C, H, W)``, ``stds (K, C, H, W)``,
+            ``factors (K, r, C, H, W)``.
+        """
+        return {"weights": self.weights, "means": self.means, "stds": self.stds, "factors": self.factors}
+
     def expected_image(self) -> torch.Tensor:
         """Exact ``E[image]`` ``(C, H, W)`` of the sampler's limit (the data distribution).
 
