@@ -34,7 +34,7 @@ from mcdiff.inverse import (
 )
 from mcdiff.models import bundled_model, load_model
 from mcdiff.multifidelity import estimate_multifidelity
-from mcdiff.results import format_levels, format_table, load_result, save_result, to_arviz, variance_map
+from mcdiff.results import format_levels, format_table, format_targets, load_result, save_result, to_arviz, variance_map
 from mcdiff.runner import estimate
 from mcdiff.samplers import (
     DiffusionSampler,
@@ -47,9 +47,16 @@ from mcdiff.samplers import (
     Sampler,
 )
 from mcdiff.store import ResultStore, open_draws
+from mcdiff.targets import Correlation, Exceedance, FunctionOfMeans, Quantiles, Ratio, Spread
 from mcdiff.training import train
 
 __all__ = [
+    "Correlation",
+    "Exceedance",
+    "FunctionOfMeans",
+    "Quantiles",
+    "Ratio",
+    "Spread",
     "Antithetic",
     "DPSSampler",
     "DaskExecutor",
@@ -88,6 +95,7 @@ __all__ = [
     "exact_variance",
     "format_levels",
     "format_table",
+    "format_targets",
     "get_design",
     "get_statistic",
     "inpainting_error",

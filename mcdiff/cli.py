@@ -14,13 +14,14 @@ from mcdiff.atomic import check_directory
 from mcdiff.designs import DESIGN_NAMES
 from mcdiff.diagnostics import diagnose, format_report, load_lpips
 from mcdiff.executors import DaskExecutor
-from mcdiff.functionals import BUILTIN
+from mcdiff.functionals import BUILTIN, check_levels, get_statistic
 from mcdiff.inverse import MASKS, InpaintingProblem, make_mask
 from mcdiff.models import ANALYTIC, BUNDLED, load_model
 from mcdiff.multifidelity import METHODS, check_method, estimate_multifidelity, parse_fidelity
-from mcdiff.results import RESULT_SUFFIXES, check_result_path, format_levels, format_table, save_result
+from mcdiff.results import RESULT_SUFFIXES, check_result_path, format_levels, format_table, format_targets, save_result
 from mcdiff.runner import DRAWS, DRAWS_LIMIT, estimate
 from mcdiff.samplers.dps import check_zeta
+from mcdiff.targets import INTERVALS, Quantiles, Spread, parse_exceedance
 from mcdiff.samplers.schedulers import SUPPORTED_SCHEDULERS
 
 MODELS = (*ANALYTIC, *BUNDLED)
@@ -128,6 +129,16 @@ def _add_estimate(sub, parents) -> None:
     p.add_argument("--draws", choices=list(DRAWS), default="auto",
                    help="where per-evaluation values go: auto (a statistic's in the result when they fit in "
                    f"{DRAWS_LIMIT // 2**20} MiB per design), memory, store (its block files), none")
+    targets = p.add_argument_group(
+        "targets", "estimands beyond the means of scalar statistics (see mcdiff.targets); printed and saved in /targets"
+    )
+    targets.add_argument("--quantiles", type=float, nargs="+", metavar="P",
+                         help="quantile levels in (0, 1) of every scalar statistic, e.g. 0.05 0.5 0.95")
+    targets.add_argument("--exceed", nargs="+", metavar="STAT>VALUE", default=[],
+                         help="exceedance probabilities, e.g. 'brightness>0.35' or 'centroid[0]<0.4'")
+    targets.add_argument("--spread", action="store_true", help="variance and std of every scalar statistic")
+    targets.add_argument("--interval", choices=list(INTERVALS), default="t",
+                         help="interval of the exceedances: t (default), or the finite-sample bernstein or betting")
     p.add_argument("--target-ci-width", type=float, help="stop when CI width <= this (doubling n)")
     p.add_argument("--target-rel-width", type=float, help="stop when CI width <= this · |estimate|")
     p.add_argument("--max-evals", type=int, help="budget cap per design for sequential stopping")
@@ -196,16 +207,32 @@ def _run_estimate(args) -> None:
         target_rel_width=args.target_rel_width,
         max_evals=args.max_evals,
         draws=args.draws,
+        targets=_targets(args, statistics),
     )
     with _executor(args.dask_scheduler) as executor:
         result = estimate(model, executor=executor, **options)
     print(format_table(result))
+    if "targets" in result.children:
+        print()
+        print(format_targets(result))
     summary = result["summary"]
     if "stopping_rounds" in summary.attrs:
         reached = "reached" if summary.attrs["target_reached"] else "NOT reached"
         print(f"\nsequential stopping: target {reached} after {summary.attrs['stopping_rounds']} rounds, "
               f"n_evals={int(summary['n_evals'][0])}")
     print(f"\nwrote {save_result(result, args.output)}")
+
+
+def _targets(args, statistics) -> list:
+    """The targets of ``mcdiff estimate``'s options; quantiles and spread of every scalar statistic."""
+    exceedances = [parse_exceedance(text, args.interval) for text in args.exceed]
+    if not (args.quantiles or args.spread):
+        return exceedances
+    check_levels(args.quantiles or [0.5])
+    scalar = [s.name for s in map(get_statistic, statistics) if s.dims == ()]
+    quantiles = [Quantiles(name, args.quantiles) for name in scalar] if args.quantiles else []
+    spreads = [Spread(name) for name in scalar] if args.spread else []
+    return quantiles + exceedances + spreads
 
 
 def _add_multifidelity(sub, parents) -> None:

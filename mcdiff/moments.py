@@ -3,16 +3,17 @@
 A design's evaluations fall into ``G`` equally sized, contiguous groups of ``m`` evaluations
 (``m = 1`` for MC, 2 for antithetic pairs, the replicate size for RQMC). Everything the
 estimators report (:mod:`mcdiff.estimators`) is a function of six arrays of the statistic's
-own shape, accumulated group by group in address order. With the shift ``c`` (the mean of
-the first group), ``y_i = x_i - c`` and, per group ``k``, ``a_k = mean_k(y)`` and
+own shape, accumulated group by group in address order. With the shift ``c`` (the first
+evaluation's value), ``y_i = x_i - c`` and, per group ``k``, ``a_k = mean_k(y)`` and
 ``b_k = mean_k(y^2)``::
 
     sum_a  = sum_k a_k          sum_aa = sum_k a_k^2
     sum_b  = sum_k b_k          sum_bb = sum_k b_k^2          sum_ab = sum_k a_k b_k
 
 The shift keeps the sums of squares free of cancellation (they are of the order of the
-variance, not of the squared mean). Memory is six times the statistic's size, whatever the
-number of evaluations.
+variance, not of the squared mean). Memory is six times the statistic's size, plus two for
+a group not yet complete (an RQMC replicate arrives over many blocks), whatever the number of
+evaluations and the size of a group.
 
 **Determinism.** Group means are summed over the group's rows in address order, and the sums
 over groups are strictly sequential in address order (one group's terms added at a time,
@@ -54,6 +55,8 @@ class GroupMoments:
         self.group_size = int(group_size)
         self.n_groups = 0
         self.sums: dict[str, np.ndarray] | None = None
+        self.open_count = 0
+        self.open_sums: list[np.ndarray] | None = None
 
     @classmethod
     def from_values(cls, values: np.ndarray, group_size: int) -> GroupMoments:
@@ -63,43 +66,79 @@ class GroupMoments:
         return moments
 
     @classmethod
-    def from_state(cls, group_size: int, n_groups: int, sums: Mapping[str, np.ndarray]) -> GroupMoments:
-        """Moments restored from :attr:`n_groups` and :attr:`sums` (a store's or a result's)."""
+    def from_state(
+        cls, group_size: int, n_groups: int, sums: Mapping[str, np.ndarray], open_count: int = 0, open_sums=None
+    ) -> GroupMoments:
+        """Moments restored from :attr:`n_groups` and :attr:`sums` (a store's or a result's), and an open group."""
         moments = cls(group_size)
         missing = set(MOMENT_FIELDS) - set(sums)
         if missing:
             raise ValueError(f"moments lack {sorted(missing)}")
-        moments.n_groups = int(n_groups)
-        moments.sums = {f: np.array(sums[f], dtype=np.float64) for f in MOMENT_FIELDS} if n_groups else None
+        if not 0 <= open_count < group_size or (open_count > 0) != (open_sums is not None):
+            raise ValueError(f"an open group of {open_count} evaluations does not fit groups of {group_size}")
+        moments.n_groups, moments.open_count = int(n_groups), int(open_count)
+        started = n_groups or open_count
+        moments.sums = {f: np.array(sums[f], dtype=np.float64) for f in MOMENT_FIELDS} if started else None
+        moments.open_sums = None if open_sums is None else [np.array(v, dtype=np.float64) for v in open_sums]
         return moments
 
     @property
     def n_evals(self) -> int:
-        """Evaluations folded so far."""
-        return self.n_groups * self.group_size
+        """Evaluations folded so far (those of an open group included)."""
+        return self.n_groups * self.group_size + self.open_count
 
     def fold(self, values: np.ndarray) -> None:
-        """Add whole groups ``(k · m, *own_shape)``: the next evaluations in address order."""
+        """Add the next evaluations ``(k, *own_shape)`` in address order; a group may be split across calls.
+
+        The rows of a group that is not complete yet are summed into an *open group*
+        (:attr:`open_sums`, the running sums of ``y`` and ``y^2`` over its rows) in the order a
+        whole group's rows are summed, so splitting a group between calls gives the same bits.
+        """
         values = np.asarray(values, dtype=np.float64)
-        m = self.group_size
-        if len(values) % m:
-            raise ValueError(f"{len(values)} values do not fill whole groups of {m}")
         if len(values) == 0:
             return
-        rows = values.reshape(len(values) // m, m, *values.shape[1:])
+        m = self.group_size
         if self.sums is None:
-            shift = _sequential_mean(rows[:1])[0]
+            shift = values[0].copy()
             self.sums = {"shift": shift, **{f: np.zeros_like(shift) for f in MOMENT_FIELDS[1:]}}
-        elif rows.shape[2:] != self.sums["shift"].shape:
-            raise ValueError(f"values of shape {rows.shape[2:]} after values of shape {self.sums['shift'].shape}")
-        y = rows - self.sums["shift"]
-        a, b = _sequential_mean(y), _sequential_mean(y * y)
-        del y
+        elif values.shape[1:] != self.sums["shift"].shape:
+            raise ValueError(f"values of shape {values.shape[1:]} after values of shape {self.sums['shift'].shape}")
+        y = values - self.sums["shift"]
+        i = 0
+        if self.open_count:
+            i = min(m - self.open_count, len(y))
+            self._extend_open(y[:i])
+        whole = (len(y) - i) // m
+        if whole:
+            rows = y[i : i + whole * m].reshape(whole, m, *y.shape[1:])
+            self._close(_sequential_mean(rows), _sequential_mean(rows * rows))
+            i += whole * m
+        if i < len(y):
+            self._extend_open(y[i:])
+
+    def _extend_open(self, rows: np.ndarray) -> None:
+        """Add rows to the open group (opening it with the first), closing it once it has ``m`` rows."""
+        for row in rows:
+            if self.open_sums is None:
+                self.open_sums = [row.copy(), row * row]
+            else:
+                self.open_sums[0] += row
+                self.open_sums[1] += row * row
+            self.open_count += 1
+        if self.open_count == self.group_size:
+            total, squares = self.open_sums
+            self.open_sums, self.open_count = None, 0
+            self._close((total / self.group_size)[None], (squares / self.group_size)[None])
+
+    def _close(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Add complete groups with means ``a`` of ``y`` and ``b`` of ``y^2``, ``(k, *own_shape)``, in order."""
         for field, terms in (("sum_a", a), ("sum_aa", a * a), ("sum_b", b), ("sum_bb", b * b), ("sum_ab", a * b)):
             self.sums[field] = _add_in_order(self.sums[field], terms)
-        self.n_groups += len(rows)
+        self.n_groups += len(a)
 
     def _checked(self) -> tuple[int, dict[str, np.ndarray]]:
+        if self.open_count:
+            raise ValueError(f"the last group is incomplete ({self.open_count} of {self.group_size} evaluations)")
         if self.n_groups < 2:
             raise ValueError(f"at least 2 groups are needed for a standard error, got {self.n_groups}")
         return self.n_groups, self.sums
@@ -107,8 +146,8 @@ class GroupMoments:
     def mean(self) -> np.ndarray:
         """``c + sum_a / G``: the design's estimate of the mean."""
         g, s = self.n_groups, self.sums
-        if not g:
-            raise ValueError("no evaluations folded yet")
+        if not g or self.open_count:
+            raise ValueError(f"no complete groups folded ({self.n_groups} groups, {self.open_count} open evaluations)")
         return s["shift"] + s["sum_a"] / g
 
     def group_variance(self) -> np.ndarray:

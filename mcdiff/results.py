@@ -49,6 +49,7 @@ from mcdiff.estimators import (
     summarize_moments,
 )
 from mcdiff.moments import MOMENT_FIELDS, GroupMoments
+from mcdiff.targets import TARGET_FIELDS
 
 LEVEL_FIELDS = (
     "mean",
@@ -190,6 +191,30 @@ def variance_map(result: xr.DataTree, statistic: str = "pixel_mean") -> xr.DataA
     return out
 
 
+def targets_dataset(targets: Sequence, fields: dict[str, dict[str, dict[str, np.ndarray]]]) -> xr.Dataset:
+    """The ``/targets`` Dataset: one variable per target, dims ``("design", [f"{name}_level",] "target_summary")``.
+
+    ``fields`` is ``{design: {target name: {field: array}}}`` (:meth:`mcdiff.targets.Target.compute`);
+    each variable's attributes say its ``kind``, ``statistics``, ``component`` and options.
+    """
+    designs = list(fields)
+    data = {}
+    for target in targets:
+        rows = np.stack([np.stack([fields[d][target.name][f] for f in TARGET_FIELDS], axis=-1) for d in designs])
+        dims, coords = ("design", "target_summary"), {}
+        if target.levels is not None:
+            dims = ("design", f"{target.name}_level", "target_summary")
+            coords = {f"{target.name}_level": list(target.levels)}
+        attrs = {
+            "kind": target.kind,
+            "statistics": ",".join(target.statistics),
+            "component": -1 if target.component is None else target.component,
+            **{k: str(v) for k, v in target.options if k not in ("levels", "fn")},
+        }
+        data[target.name] = xr.DataArray(rows, dims=dims, coords=coords, attrs=attrs)
+    return xr.Dataset(data, coords={"design": designs, "target_summary": list(TARGET_FIELDS)})
+
+
 def build_result(
     moments: dict[str, dict[str, GroupMoments]],
     layout: Layout,
@@ -198,11 +223,13 @@ def build_result(
     *,
     noise: dict[str, str],
     draws: xr.Dataset | None = None,
+    targets: xr.Dataset | None = None,
 ) -> xr.DataTree:
     """A result DataTree from each design's moments; ``attrs`` (seed, model settings) go on ``/summary``.
 
     ``noise`` describes each design's noise (a coordinate of ``/summary``); ``draws``, when
-    the run kept per-evaluation values, becomes ``/draws``.
+    the run kept per-evaluation values, becomes ``/draws``; ``targets`` (:func:`targets_dataset`)
+    becomes ``/targets``.
     """
     nfe = int(attrs.get("nfe_per_sample", 1))
     summary = summary_dataset(moments, layout, confidence, nfe)
@@ -211,6 +238,8 @@ def build_result(
     nodes = {"summary": summary, "moments": moments_dataset(moments, layout)}
     if draws is not None:
         nodes["draws"] = draws
+    if targets is not None:
+        nodes["targets"] = targets
     return xr.DataTree.from_dict(nodes)
 
 
@@ -510,6 +539,35 @@ def format_table(result: xr.DataTree) -> str:
                         f"{value['relative_efficiency']:.3g}",
                         f"{value['relative_efficiency_per_nfe']:.3g}",
                         f"{value['relative_efficiency_vs_mc']:.3g}",
+                    )
+                )
+    return text_table(header, rows)
+
+
+def format_targets(result: xr.DataTree) -> str:
+    """A plain-text table of ``/targets``: one row per target, level (quantile, spread) and design."""
+    node = result["targets"].to_dataset()
+    level = result["summary"].attrs.get("confidence", float("nan"))
+    header = ("target", "design", "estimate", f"{level:.0%} CI", "CI width", "rel. eff.", "corrected")
+    rows = []
+    for name, var in node.data_vars.items():
+        extra = [d for d in var.dims if d not in ("design", "target_summary")]
+        labels = [(name, {})] if not extra else [
+            (f"{name} {v if isinstance(v, str) else f'{v:g}'}", {extra[0]: v}) for v in var[extra[0]].values
+        ]
+        for label, where in labels:
+            for design in node["design"].values:
+                cell = var.sel(design=design, **where)
+                value = {f: float(cell.sel(target_summary=f)) for f in TARGET_FIELDS}
+                rows.append(
+                    (
+                        label,
+                        str(design),
+                        f"{value['estimate']:.5g}",
+                        f"[{value['ci_lower']:.5g}, {value['ci_upper']:.5g}]",
+                        f"{value['ci_width']:.3g}",
+                        f"{value['relative_efficiency']:.3g}",
+                        f"{value['relative_efficiency_corrected']:.3g}",
                     )
                 )
     return text_table(header, rows)

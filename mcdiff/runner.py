@@ -3,9 +3,9 @@
 Every estimator runs its evaluations here (:class:`Evaluations`): :func:`estimate`, the
 multi-fidelity estimators (:mod:`mcdiff.multifidelity`) and the diagnostics' image pairs. Work
 is cut into *jobs* (a design on a seed with its statistics, :class:`~mcdiff.blocks.Job`) and
-*blocks* of whole groups (pairs, replicates), each a whole number of batches, and every batch
-is cut at multiples of the design's unit, so antithetic partners always share a batch and no
-block splits a replicate. Blocks run on an executor (this process, or a Dask cluster,
+*blocks*, each a whole number of batches, and every batch is cut at multiples of the
+design's unit, so antithetic partners always share a batch; an RQMC replicate may span many
+blocks (its rows are summed as they come). Blocks run on an executor (this process, or a Dask cluster,
 :mod:`mcdiff.executors`) and their values are folded into each job's streaming accumulators
 (:class:`~mcdiff.moments.GroupMoments`) **in address order**: a block that comes back early waits
 (the Dask executor keeps a bounded number in flight), so the result does not depend on the
@@ -49,7 +49,8 @@ from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo, Sche
 from mcdiff.functionals import Statistic, get_statistic, pixel_mean, probe_images, statistic_identity
 from mcdiff.moments import GroupMoments
 from mcdiff.noise import GENERATOR
-from mcdiff.results import build_result, mcdiff_version
+from mcdiff.results import build_result, mcdiff_version, targets_dataset
+from mcdiff.targets import Target
 from mcdiff.store import ResultStore
 from mcdiff.validation import (
     check_batch_size,
@@ -281,6 +282,7 @@ def estimate(
     target_rel_width: float | None = None,
     max_evals: int | None = None,
     draws: str = "auto",
+    targets: Sequence[Target] = (),
 ) -> xr.DataTree:
     """Estimate ``E[f(G(z))]`` for each statistic under each noise design.
 
@@ -327,12 +329,17 @@ def estimate(
         Where per-evaluation values go (see the module): ``"auto"`` keeps a statistic's values in
         memory (and in the store) when they take at most :data:`DRAWS_LIMIT` bytes per design,
         else nowhere.
+    targets : sequence of Target
+        Estimands beyond the means (:mod:`mcdiff.targets`: ``Quantiles``, ``Exceedance``,
+        ``Spread``, ``Mean`` with a finite-sample interval, ``Ratio``, ``Correlation``,
+        ``FunctionOfMeans``), each computed per design from its statistics' values, which are
+        kept in memory for it; checked before the first evaluation.
 
     Returns
     -------
     xarray.DataTree
-        ``/summary``, ``/moments`` and, where values were kept in memory, ``/draws``, as
-        described in :mod:`mcdiff.results`. With a target,
+        ``/summary``, ``/moments``, where values were kept in memory ``/draws``, and with
+        targets ``/targets``, as described in :mod:`mcdiff.results`. With a target,
         ``/summary`` also holds ``evals_at_target(design)`` (the first round size at which the
         design met the target, -1 if never) and attributes ``stopping_rounds``,
         ``target_reached`` (1 or 0), ``max_evals`` and the target(s).
@@ -360,6 +367,7 @@ def estimate(
     draws = check_draws(draws, store)
     executor = LocalExecutor() if executor is None else executor
     info = executor.describe(sampler)
+    keep = _check_targets(targets, stats, info.image_shape)
     layouts = [d.extendable(n_evals) for d in resolved]
     jobs = [Job(d.name, d, seed, tuple(stats)) for d in layouts]
     largest = n_evals if stopping is None else stopping["max_evals"]
@@ -371,7 +379,7 @@ def estimate(
     ):
         loop = Evaluations(sampler, executor, batch_size, block_size, results, draws, bar)
         for job in jobs:
-            loop.add(job, largest, info.image_shape)
+            loop.add(job, largest, info.image_shape, keep=keep)
         while True:
             rounds += 1
             run_guarded(loop, [(job, n) for job in jobs], store)
@@ -392,9 +400,13 @@ def estimate(
     in_memory = [s for s in stats if all(s.name in v for v in kept.values())]
     where = "memory" if len(in_memory) == len(stats) else ("store" if draws == "store" else "none")
     values = _draws_dataset(kept, final, in_memory, noise, n) if in_memory else None
+    computed = None
+    if targets:
+        per_design = {d.name: {t.name: t.compute(kept[d.name], d.group_ids(n), confidence) for t in targets} for d in final}
+        computed = targets_dataset(targets, per_design)
     attrs = {**info.settings, "seed": seed, "draws": where}
     if stopping is None:
-        return build_result(moments, layout, confidence, attrs, noise=noise, draws=values)
+        return build_result(moments, layout, confidence, attrs, noise=noise, draws=values, targets=computed)
     reached = len(reached_at) == len(jobs)
     if not reached:
         missing = [job.key for job in jobs if job.key not in reached_at]
@@ -411,6 +423,7 @@ def estimate(
         {**attrs, **stopping, "stopping_rounds": rounds, "target_reached": int(reached)},
         noise=noise,
         draws=values,
+        targets=computed,
     )
     result["summary"]["evals_at_target"] = xr.DataArray([reached_at.get(job.key, -1) for job in jobs], dims="design")
     return result
@@ -439,6 +452,23 @@ def sample_images(
     block = Block(job, n_evals, start, n_evals if stop is None else stop)
     ((_, values),) = executor.evaluate(sampler, batch_size, [block])
     return values["pixel_mean"]
+
+
+def _check_targets(targets: Sequence[Target], stats: Sequence[Statistic], image_shape) -> tuple[str, ...]:
+    """The statistics whose values the targets need, after checking every target (before any evaluation)."""
+    if not targets:
+        return ()
+    for target in targets:
+        if not isinstance(target, Target):
+            raise ValueError(
+                f"targets must be mcdiff.targets.Target objects (Quantiles, Exceedance, Spread, ...), got {target!r}"
+            )
+    check_unique_names("target", [t.name for t in targets])
+    probe = probe_images(image_shape, 1)
+    sizes = {s.name: int(np.prod(s(probe).shape[1:])) for s in stats}
+    for target in targets:
+        target.check(sizes)
+    return tuple(sorted({s for t in targets for s in t.statistics}))
 
 
 def check_block_size(block_size) -> None:
@@ -533,12 +563,14 @@ def _missing_blocks(
 ) -> list[Block]:
     """Blocks covering the addresses ``0 .. n_evals - 1`` of ``job`` outside the ``covered`` ranges.
 
-    Blocks lie on a grid of ``size`` evaluations, ``size`` a multiple of the batch and of the
-    group, so they never split a pair or a replicate and hold whole batches.
+    Blocks lie on a grid of ``size`` evaluations, ``size`` a multiple of the batch (itself a
+    multiple of the design's unit), so they never split an antithetic pair and hold whole
+    batches. They may split an RQMC replicate: the accumulators keep its rows open until it
+    is complete (:class:`~mcdiff.moments.GroupMoments`), so memory does not grow with the
+    replicate's size.
     """
     design = job.design
-    step = batch_size - batch_size % design.unit
-    base = math.lcm(step, design.group_size(n_evals))
+    base = batch_size - batch_size % design.unit
     size = base * -(-(block_size or base) // base)
     todo = np.ones(n_evals, dtype=bool)
     for start, stop in covered:

@@ -18,11 +18,12 @@ Layout (one directory, one writer at a time)::
 
 A block file holds one array ``(stop - start, *own_shape)`` per statistic, its ``start`` and
 ``stop`` and the fingerprint's digest; the state file the prefix, the group count and size,
-the six sums of each statistic and the digest. Every file is written to a hidden temporary
-file, flushed to disk and then renamed into place (``os.replace`` is atomic on POSIX), so a
-process killed at any moment leaves either the whole file or the previous one. Blocks never
-split a group (pair or replicate). A run writes a block's values (if kept) before the state
-that includes them, so a state never runs ahead of what resume needs.
+the six sums of each statistic (and those of a replicate not yet complete) and the digest.
+Every file is written to a hidden temporary file, flushed to disk and then renamed into place
+(``os.replace`` is atomic on POSIX), so a process killed at any moment leaves either the whole
+file or the previous one. Blocks never split an antithetic pair (they may split an RQMC
+replicate). A run writes a block's values (if kept) before the state that includes them, so a
+state never runs ahead of what resume needs.
 
 Reading needs no write access and takes no lock. Writing (a new store, a job, a block, a
 state) first takes the writer lock (:mod:`mcdiff.writer_lock`): a second writer is refused
@@ -412,13 +413,16 @@ class ResultStore:
         for k, name in enumerate(names):
             for field in MOMENT_FIELDS:
                 arrays[f"m{k}_{field}"] = moments[name].sums[field]
+            if moments[name].open_count:
+                arrays[f"m{k}_open_y"], arrays[f"m{k}_open_yy"] = moments[name].open_sums
         first = moments[names[0]]
         self.lock()
         try:
             replace_atomically(
                 self.path / "jobs" / key / "state.npz",
                 lambda tmp: np.savez(
-                    tmp, prefix=prefix, n_groups=first.n_groups, group_size=first.group_size, digest=self.digest, **arrays
+                    tmp, prefix=prefix, n_groups=first.n_groups, group_size=first.group_size,
+                    open_count=first.open_count, digest=self.digest, **arrays,
                 ),
             )
         except OSError as err:
@@ -440,15 +444,18 @@ class ResultStore:
         try:
             if str(content["digest"]) != self.digest:
                 raise ValueError("it was written by a different run (fingerprint digest differs)")
-            prefix, n_groups, size = (int(content[k]) for k in ("prefix", "n_groups", "group_size"))
-            if n_groups * size != prefix or prefix < 0:
-                raise ValueError(f"it counts {n_groups} groups of {size} for a prefix of {prefix}")
+            prefix, n_groups, size, open_count = (
+                int(content[k]) for k in ("prefix", "n_groups", "group_size", "open_count")
+            )
+            if n_groups * size + open_count != prefix or prefix < 0:
+                raise ValueError(f"it counts {n_groups} groups of {size} and {open_count} more for a prefix of {prefix}")
             moments = {}
             for k, name in enumerate(names):
                 sums = {field: content[f"m{k}_{field}"] for field in MOMENT_FIELDS}
-                if not all(np.isfinite(v).all() for v in sums.values()):
+                open_sums = (content[f"m{k}_open_y"], content[f"m{k}_open_yy"]) if open_count else None
+                if not all(np.isfinite(v).all() for v in [*sums.values(), *(open_sums or ())]):
                     raise ValueError(f"statistic {name!r} holds NaN or inf")
-                moments[name] = GroupMoments.from_state(size, n_groups, sums)
+                moments[name] = GroupMoments.from_state(size, n_groups, sums, open_count, open_sums)
         except (KeyError, ValueError) as err:
             raise ValueError(
                 f"state file {str(file)!r} is damaged or does not belong here ({err}); delete it (and the job's "

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -428,3 +429,140 @@ def correlation(x: np.ndarray, y: np.ndarray, groups: np.ndarray, confidence: fl
     return function_of_means(
         {"x": x, "y": y, "xx": x * x, "yy": y * y, "xy": x * y}, groups, rho, confidence, name="correlation"
     )
+
+
+# ---- target specifications: what a run estimates beyond the means (mcdiff.estimate(targets=...))
+
+
+@dataclass(frozen=True)
+class Target:
+    """A target of a run: ``kind`` of the ``statistics`` (by name), computed per design after the run.
+
+    Use the constructors :func:`Quantiles`, :func:`Exceedance`, :func:`Spread`, :func:`Mean`,
+    :func:`Ratio`, :func:`Correlation` and :func:`FunctionOfMeans`. A target reads one scalar
+    per evaluation of each statistic: a multi-component statistic needs ``component`` (its
+    flattened index). The runner keeps those statistics' values in memory for it, checks
+    the target before the first evaluation (:meth:`check`) and stores the result under
+    ``/targets/{name}`` (:meth:`compute`).
+    """
+
+    kind: str
+    statistics: tuple[str, ...]
+    name: str
+    options: tuple = ()
+    component: int | None = None
+
+    def option(self, key: str, default=None):
+        return dict(self.options).get(key, default)
+
+    def check(self, sizes: Mapping[str, int]) -> None:
+        """``ValueError`` before any evaluation: an unknown statistic, or a component missing or out of range.
+
+        ``sizes`` gives each statistic of the run its number of values per evaluation.
+        """
+        for stat in self.statistics:
+            if stat not in sizes:
+                raise ValueError(f"target {self.name!r} needs statistic {stat!r}, which the run does not compute: add it")
+            if self.component is None and sizes[stat] > 1:
+                raise ValueError(
+                    f"target {self.name!r}: statistic {stat!r} has {sizes[stat]} components; name one with "
+                    f"component=INDEX (flattened, 0 .. {sizes[stat] - 1})"
+                )
+            if self.component is not None and not 0 <= self.component < sizes[stat]:
+                raise ValueError(f"target {self.name!r}: component {self.component} is not in 0 .. {sizes[stat] - 1}")
+
+    @property
+    def levels(self) -> tuple | None:
+        """The target's own coordinate (quantile levels, ``("variance", "std")``), or ``None``."""
+        return self.option("levels")
+
+    def compute(self, values: Mapping[str, np.ndarray], groups: np.ndarray, confidence: float) -> dict[str, np.ndarray]:
+        """``{field: array}`` of :data:`TARGET_FIELDS` (with a leading axis along :attr:`levels` where it has one)."""
+        picked = {
+            s: np.asarray(values[s], dtype=np.float64).reshape(len(values[s]), -1)[:, self.component or 0]
+            for s in self.statistics
+        }
+        first = picked[self.statistics[0]]
+        if self.kind == "quantiles":
+            return quantiles(first, groups, self.levels, confidence, self.option("method"), name=self.statistics[0])
+        if self.kind == "exceedance":
+            return exceedance(first, groups, self.option("threshold"), self.option("above"), confidence,
+                              self.option("interval"), name=self.statistics[0])
+        if self.kind == "spread":
+            both = spread(first, groups, confidence)
+            return {f: np.stack([both[k][f] for k in self.levels]) for f in TARGET_FIELDS}
+        if self.kind == "mean":
+            return mean(first, groups, confidence, self.option("interval"), self.option("bounds"), name=self.statistics[0])
+        if self.kind == "ratio":
+            return ratio(*picked.values(), groups, confidence)
+        if self.kind == "correlation":
+            return correlation(*picked.values(), groups, confidence)
+        return function_of_means(picked, groups, self.option("fn"), confidence, name=self.name)
+
+
+def _label(number: float) -> str:
+    return f"{number:g}"
+
+
+def Quantiles(statistic: str, levels, method: str = "pooled", component: int | None = None) -> Target:  # noqa: N802
+    """Quantiles ``q_p`` of ``statistic`` at ``levels`` (:func:`quantiles`); ``/targets/{statistic}_quantiles``."""
+    levels = tuple(float(p) for p in check_levels(levels))
+    if method not in QUANTILE_METHODS:
+        raise ValueError(f"quantile method must be one of {QUANTILE_METHODS}, got {method!r}")
+    return Target("quantiles", (statistic,), f"{statistic}_quantiles", (("levels", levels), ("method", method)), component)
+
+
+def Exceedance(  # noqa: N802
+    statistic: str, threshold: float, above: bool = True, interval: str = "t", component: int | None = None
+) -> Target:
+    """``P(f > c)`` (``above``) or ``P(f < c)`` (:func:`exceedance`); ``/targets/P_{statistic}_gt_{c}``."""
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    if not np.isfinite(threshold):
+        raise ValueError(f"an exceedance threshold must be a finite number, got {threshold!r}")
+    name = f"P_{statistic}_{'gt' if above else 'lt'}_{_label(threshold)}"
+    options = (("threshold", float(threshold)), ("above", bool(above)), ("interval", interval))
+    return Target("exceedance", (statistic,), name, options, component)
+
+
+def Spread(statistic: str, component: int | None = None) -> Target:  # noqa: N802
+    """Variance and standard deviation of ``statistic`` over generated images (:func:`spread`)."""
+    return Target("spread", (statistic,), f"{statistic}_spread", (("levels", ("variance", "std")),), component)
+
+
+def Mean(statistic: str, interval: str = "t", bounds=None, component: int | None = None) -> Target:  # noqa: N802
+    """The mean with a chosen interval (:func:`mean`; ``"bernstein"`` or ``"betting"`` need ``bounds``)."""
+    if interval not in INTERVALS:
+        raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
+    if interval != "t" and bounds is None:
+        raise ValueError(
+            f"the {interval} interval holds for bounded values only: give bounds=(lo, hi) for statistic {statistic!r}"
+        )
+    bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
+    return Target("mean", (statistic,), f"{statistic}_mean_{interval}", (("interval", interval), ("bounds", bounds)), component)
+
+
+def Ratio(numerator: str, denominator: str) -> Target:  # noqa: N802
+    """``E[numerator] / E[denominator]`` of two scalar statistics (:func:`ratio`)."""
+    return Target("ratio", (numerator, denominator), f"{numerator}_per_{denominator}")
+
+
+def Correlation(x: str, y: str) -> Target:  # noqa: N802
+    """The correlation of two scalar statistics over generated images (:func:`correlation`)."""
+    return Target("correlation", (x, y), f"correlation_{x}_{y}")
+
+
+def FunctionOfMeans(name: str, statistics, fn: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> Target:  # noqa: N802
+    """``fn({statistic: mean})`` of scalar statistics' means, by the delta method (:func:`function_of_means`)."""
+    return Target("function", tuple(statistics), name, (("fn", fn),))
+
+
+def parse_exceedance(text: str, interval: str = "t") -> Target:
+    """An :func:`Exceedance` from the CLI's ``"brightness>0.35"`` or ``"inpainting_error[0]<0.01"``."""
+    import re
+
+    match = re.fullmatch(r"\s*([A-Za-z_][\w]*)(?:\[(\d+)\])?\s*([<>])\s*([-+0-9.eE]+)\s*", text)
+    if not match:
+        raise ValueError(f"an exceedance is STATISTIC>VALUE or STATISTIC[COMPONENT]<VALUE, got {text!r}")
+    statistic, component, sign, value = match.groups()
+    return Exceedance(statistic, float(value), sign == ">", interval, None if component is None else int(component))

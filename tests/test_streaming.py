@@ -23,6 +23,7 @@ from mcdiff.store import open_draws
 DESIGNS = ["mc", "amc", "rqmc", "amc-rqmc"]
 MAPS = ["pixel_mean", "brightness"]
 RUN = dict(statistics=MAPS, designs=DESIGNS, n_evals=256, seed=3, batch_size=32, progress=False)
+RQMC = dict(statistics=["pixel_mean"], designs=["rqmc"], n_evals=1024, seed=7, batch_size=16, progress=False)
 MF = dict(statistics=["pixel_mean", "brightness"], fidelities=[2, 4], designs=["mc", "amc"], method="cv",
           n_evals=[64, 32], pilot=32, seed=4, batch_size=16, progress=False)
 
@@ -62,7 +63,7 @@ def test_moments_do_not_depend_on_how_the_values_are_cut():
     rng = np.random.default_rng(0)
     values = rng.normal(3.0, 0.01, (512, 5))
     whole = GroupMoments.from_values(values, 4)
-    for cut in ([0, 4, 100, 512], [0, 256, 260, 512], list(range(0, 513, 8))):
+    for cut in ([0, 4, 100, 512], [0, 3, 5, 6, 258, 512], list(range(0, 513, 8)), list(range(0, 513, 1))):
         pieces = GroupMoments(4)
         for a, b in zip(cut[:-1], cut[1:]):
             pieces.fold(values[a:b])
@@ -134,7 +135,7 @@ def test_values_kept_in_the_store_read_lazily(tmp_path):
 def _killed_run(store: Path, call: str, kill_at: int) -> None:
     script = (
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import mcdiff; "
-        f"from test_store import CountingSampler; from test_streaming import RUN, MF, LevelCounter; {call}"
+        f"from test_store import CountingSampler; from test_streaming import RUN, MF, RQMC, LevelCounter; {call}"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(mcdiff.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", script.format(store=str(store), kill=kill_at)], env=env,
@@ -153,6 +154,18 @@ def test_sigkill_then_resume_from_the_accumulators_alone(tmp_path):
     resumed = mcdiff.estimate(sampler, **RUN, store=store, draws="none")
     assert sampler.evaluated == 4 * 256 - folded  # nothing folded is computed again
     _same(resumed, mcdiff.estimate(CountingSampler(), **RUN, draws="none"))
+
+
+def test_a_replicate_split_across_blocks_resumes_mid_replicate(tmp_path):
+    """RQMC replicates of 64 points in blocks of 16: killed inside the third replicate, resumed to the same bits."""
+    store = tmp_path / "s"
+    _killed_run(store, "mcdiff.estimate(CountingSampler(kill_at={kill}), store={store!r}, draws='none', **RQMC)", 10)
+    state = np.load(store / "jobs" / "rqmc" / "state.npz")
+    assert int(state["prefix"]) == 9 * 16 and int(state["open_count"]) == 9 * 16 - 2 * 64
+    sampler = CountingSampler()
+    resumed = mcdiff.estimate(sampler, store=store, draws="none", **RQMC)
+    assert sampler.evaluated == 1024 - 9 * 16
+    _same(resumed, mcdiff.estimate(CountingSampler(), draws="none", **{**RQMC, "batch_size": 256}))
 
 
 def test_multifidelity_is_bit_identical_across_block_sizes_and_after_sigkill(tmp_path):
