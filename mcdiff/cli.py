@@ -142,6 +142,9 @@ def _add_estimate(sub, parents) -> None:
     p.add_argument("--target-ci-width", type=float, help="stop when CI width <= this (doubling n)")
     p.add_argument("--target-rel-width", type=float, help="stop when CI width <= this · |estimate|")
     p.add_argument("--max-evals", type=int, help="budget cap per design for sequential stopping")
+    p.add_argument("--stop-interval", choices=list(INTERVALS), default="t",
+                   help="interval the stopping rule checks: t (default), or an anytime-valid confidence sequence "
+                   "(bernstein, betting) whose interval at the stop covers by construction")
     p.set_defaults(run=_run_estimate)
 
 
@@ -206,6 +209,7 @@ def _run_estimate(args) -> None:
         target_ci_width=args.target_ci_width,
         target_rel_width=args.target_rel_width,
         max_evals=args.max_evals,
+        stop_interval=args.stop_interval,
         draws=args.draws,
         targets=_targets(args, statistics),
     )

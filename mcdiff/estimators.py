@@ -46,6 +46,7 @@ SUMMARY_FIELDS = (
     "relative_efficiency",
     "relative_efficiency_per_nfe",
     "relative_efficiency_vs_mc",
+    "relative_efficiency_corrected",
 )
 """Labels of the ``summary`` coordinate of a result, in order."""
 
@@ -114,7 +115,11 @@ def summarize_moments(moments: GroupMoments, confidence: float = 0.95) -> dict[s
         ``{field: array (*own_shape)}`` for every field of :data:`SUMMARY_FIELDS`;
         ``relative_efficiency_per_nfe`` equals ``relative_efficiency`` (MC on the same sampler
         costs the same per evaluation); ``relative_efficiency_vs_mc`` is NaN here (see
-        :func:`relative_efficiency_vs_mc`).
+        :func:`relative_efficiency_vs_mc`); ``relative_efficiency_corrected`` removes the
+        ``nu / (nu - 2)`` bias of the raw figure (:func:`corrected_relative_efficiency`). Where
+        every group mean is equal (``std_error = 0``: a discrete statistic under RQMC, a
+        constant pixel) the interval has width 0 and the efficiencies are NaN, not inf;
+        :func:`~mcdiff.results.build_result` warns about it.
     """
     confidence = check_confidence(confidence)
     n_groups, n_evals = moments.n_groups, moments.n_evals
@@ -122,7 +127,7 @@ def summarize_moments(moments: GroupMoments, confidence: float = 0.95) -> dict[s
     estimate = moments.mean()
     variance = moments.pooled_variance() + std_error**2
     with np.errstate(divide="ignore", invalid="ignore"):
-        efficiency = variance / (n_evals * std_error**2)
+        efficiency = np.where(std_error > 0, variance / (n_evals * std_error**2), np.nan)
     return {
         "estimate": estimate,
         "std_error": std_error,
@@ -131,6 +136,7 @@ def summarize_moments(moments: GroupMoments, confidence: float = 0.95) -> dict[s
         "relative_efficiency": efficiency,
         "relative_efficiency_per_nfe": efficiency,
         "relative_efficiency_vs_mc": np.full_like(estimate, np.nan),
+        "relative_efficiency_corrected": corrected_relative_efficiency(efficiency, n_groups, moments.group_size),
     }
 
 

@@ -38,6 +38,10 @@ class Statistic:
     linear : bool
         Whether the statistic is linear in the image (its expectation is the statistic of
         the expected image).
+    bounds : (lo, hi), optional
+        The range every value lies in, if the statistic is bounded: what finite-sample
+        intervals and confidence sequences need (e.g. sequential stopping with
+        ``stop_interval="betting"``); values outside it are refused.
     """
 
     name: str
@@ -45,6 +49,7 @@ class Statistic:
     dims: tuple[str, ...] | None = None
     coords: Mapping[str, Sequence] = field(default_factory=dict)
     linear: bool = False
+    bounds: tuple[float, float] | None = None
 
     def own_dims(self, values: np.ndarray) -> tuple[str, ...]:
         """Names of the trailing dims of ``values`` ``(B, *own_shape)``."""
@@ -116,16 +121,16 @@ def _centroid(images: torch.Tensor) -> torch.Tensor:
     return torch.stack([cy, cx], dim=-1)
 
 
-brightness = Statistic("brightness", _brightness, dims=(), linear=True)
+brightness = Statistic("brightness", _brightness, dims=(), linear=True, bounds=(0.0, 1.0))
 """Mean luminance: ``(1/HW) sum_p L_p``."""
 
-pixel_mean = Statistic("pixel_mean", lambda images: images, dims=("channel", "y", "x"), linear=True)
+pixel_mean = Statistic("pixel_mean", lambda images: images, dims=("channel", "y", "x"), linear=True, bounds=(0.0, 1.0))
 """The image itself; its expectation is the pixel-wise mean map ``(C, H, W)``."""
 
-contrast = Statistic("contrast", _contrast, dims=())
+contrast = Statistic("contrast", _contrast, dims=(), bounds=(0.0, 0.5))
 """RMS contrast: ``sqrt((1/HW) sum_p (L_p - mean L)^2)``."""
 
-centroid = Statistic("centroid", _centroid, dims=("axis",), coords={"axis": ["y", "x"]})
+centroid = Statistic("centroid", _centroid, dims=("axis",), coords={"axis": ["y", "x"]}, bounds=(0.0, 1.0))
 """Intensity-weighted centroid ``(sum_p L_p y_p, sum_p L_p x_p) / sum_p L_p``, pixel centres
 at ``(i + 0.5) / H`` so coordinates lie in [0, 1]; an all-black image (``sum_p L_p = 0``, as
 photo models make of night sky) has the centre ``(0.5, 0.5)``, a uniform image's centroid."""

@@ -2,16 +2,17 @@
 
 A design's evaluations fall into ``G`` equally sized, contiguous groups of ``m`` evaluations
 (``m = 1`` for MC, 2 for antithetic pairs, the replicate size for RQMC). Everything the
-estimators report (:mod:`mcdiff.estimators`) is a function of six arrays of the statistic's
+estimators report (:mod:`mcdiff.estimators`) is a function of seven arrays of the statistic's
 own shape, accumulated group by group in address order. With the shift ``c`` (the first
-evaluation's value), ``y_i = x_i - c`` and, per group ``k``, ``a_k = mean_k(y)`` and
-``b_k = mean_k(y^2)``::
+evaluation's value), ``y_i = x_i - c``, per group ``k`` ``b_k = mean_k(y^2)`` and
+``a_k = mean_k(y) - d``, ``d`` the first group's ``mean_k(y)`` (``group_shift``)::
 
     sum_a  = sum_k a_k          sum_aa = sum_k a_k^2
     sum_b  = sum_k b_k          sum_bb = sum_k b_k^2          sum_ab = sum_k a_k b_k
 
-The shift keeps the sums of squares free of cancellation (they are of the order of the
-variance, not of the squared mean). Memory is six times the statistic's size, plus two for
+The shifts keep the sums of squares free of cancellation: those of evaluations are of the
+order of their variance, those of group means of the (much smaller, under RQMC) variance of
+the group means, not of the squared mean. Memory is seven times the statistic's size, plus two for
 a group not yet complete (an RQMC replicate arrives over many blocks), whatever the number of
 evaluations and the size of a group.
 
@@ -28,7 +29,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-MOMENT_FIELDS = ("shift", "sum_a", "sum_aa", "sum_b", "sum_bb", "sum_ab")
+MOMENT_FIELDS = ("shift", "group_shift", "sum_a", "sum_aa", "sum_b", "sum_bb", "sum_ab")
 """The accumulated arrays, in the order of a result's ``moment`` coordinate."""
 
 
@@ -132,6 +133,9 @@ class GroupMoments:
 
     def _close(self, a: np.ndarray, b: np.ndarray) -> None:
         """Add complete groups with means ``a`` of ``y`` and ``b`` of ``y^2``, ``(k, *own_shape)``, in order."""
+        if self.n_groups == 0:
+            self.sums["group_shift"] = a[0].copy()
+        a = a - self.sums["group_shift"]
         for field, terms in (("sum_a", a), ("sum_aa", a * a), ("sum_b", b), ("sum_bb", b * b), ("sum_ab", a * b)):
             self.sums[field] = _add_in_order(self.sums[field], terms)
         self.n_groups += len(a)
@@ -148,7 +152,7 @@ class GroupMoments:
         g, s = self.n_groups, self.sums
         if not g or self.open_count:
             raise ValueError(f"no complete groups folded ({self.n_groups} groups, {self.open_count} open evaluations)")
-        return s["shift"] + s["sum_a"] / g
+        return s["shift"] + s["group_shift"] + s["sum_a"] / g
 
     def group_variance(self) -> np.ndarray:
         """Sample variance of the group means ``a_k`` (``ddof = 1``), clipped at 0."""
@@ -158,7 +162,7 @@ class GroupMoments:
     def pooled_variance(self) -> np.ndarray:
         """``(1/N) sum_i (x_i - xbar)^2 = sum_b / G - (sum_a / G)^2``, clipped at 0."""
         g, s = self._checked()
-        return np.maximum(s["sum_b"] / g - (s["sum_a"] / g) ** 2, 0.0)
+        return np.maximum(s["sum_b"] / g - (s["group_shift"] + s["sum_a"] / g) ** 2, 0.0)
 
     def spread_group_variance(self) -> np.ndarray:
         """Sample variance over groups of the group means of ``h_i = (x_i - xbar)^2``.
@@ -167,8 +171,8 @@ class GroupMoments:
         variance is ``var(b) - 4 ybar cov(a, b) + 4 ybar^2 var(a)``, each over groups, ``ddof = 1``.
         """
         g, s = self._checked()
-        ybar = s["sum_a"] / g
-        var_a = (s["sum_aa"] - s["sum_a"] * ybar) / (g - 1)
+        ybar = s["group_shift"] + s["sum_a"] / g
+        var_a = (s["sum_aa"] - s["sum_a"] * (s["sum_a"] / g)) / (g - 1)
         var_b = (s["sum_bb"] - s["sum_b"] * (s["sum_b"] / g)) / (g - 1)
         cov_ab = (s["sum_ab"] - s["sum_a"] * (s["sum_b"] / g)) / (g - 1)
         return np.maximum(var_b - 4 * ybar * cov_ab + 4 * ybar**2 * var_a, 0.0)

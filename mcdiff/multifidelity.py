@@ -606,12 +606,16 @@ class _Plan:
             with np.errstate(divide="ignore", invalid="ignore"):
                 per_eval = fine_variance / (sum(counts) * combined["std_error"] ** 2)
                 per_nfe = fine_variance * fine_nfe / ((nfe + pilot_nfe) * combined["std_error"] ** 2)
+            nu = combined["dof"]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                corrected = np.where(nu > 2, per_eval * (nu - 2) / nu, np.nan)
             summary[s.name] = {
                 **combined,
                 "variance_per_eval": fine_variance,
                 "relative_efficiency": per_eval,
                 "relative_efficiency_per_nfe": per_nfe,
                 "relative_efficiency_vs_mc": np.full_like(per_eval, np.nan),
+                "relative_efficiency_corrected": corrected,
             }
         return CombinationEstimate(
             label=label,

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -94,6 +95,7 @@ def summary_dataset(
             fields = summarize_moments(moments[design][name], confidence)
             rows.append(np.stack([fields[f] for f in SUMMARY_FIELDS]))
         data = np.stack(rows)
+        _warn_degenerate(name, designs, data[:, SUMMARY_FIELDS.index("std_error")])
         if "mc" in designs:
             width = SUMMARY_FIELDS.index("ci_width")
             vs_mc = SUMMARY_FIELDS.index("relative_efficiency_vs_mc")
@@ -105,6 +107,21 @@ def summary_dataset(
     out["nfe"] = ("design", n_evals * nfe_per_eval)
     out.attrs["confidence"] = confidence
     return out
+
+
+def _warn_degenerate(name: str, designs: Sequence[str], std_errors: np.ndarray) -> None:
+    """A ``RuntimeWarning`` for each design whose interval has width 0 at some component (all group means equal)."""
+    for design, errors in zip(designs, std_errors):
+        zero = int(np.sum(np.asarray(errors) == 0))
+        if zero:
+            warnings.warn(
+                f"statistic {name!r} under design {design!r}: the interval has width 0 at {zero} of "
+                f"{np.size(errors)} components (every group mean is equal: a discrete statistic, or a constant "
+                "one); its relative efficiency is NaN there. With a bounded statistic, a finite-sample interval "
+                "holds (mcdiff.targets.Mean(..., interval='betting', bounds=...)); or use more groups",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def moments_dataset(moments: dict[str, dict[str, GroupMoments]], layout: Layout) -> xr.Dataset:

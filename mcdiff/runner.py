@@ -11,7 +11,7 @@ blocks (its rows are summed as they come). Blocks run on an executor (this proce
 (the Dask executor keeps a bounded number in flight), so the result does not depend on the
 batch size, the block size, the executor, the order in which blocks finish, or on how often the
 run was interrupted and resumed from its store (:mod:`mcdiff.store`): it is the same, bit for
-bit. Peak memory is the batch's images, the blocks in flight and six arrays of each
+bit. Peak memory is the batch's images, the blocks in flight and seven arrays of each
 statistic's size per job, whatever the number of evaluations.
 
 Per-evaluation values (``/draws``) are a choice (``draws=``): ``"memory"`` keeps them in the
@@ -44,13 +44,14 @@ from tqdm.auto import tqdm
 
 from mcdiff.blocks import Block, Job
 from mcdiff.designs import Design, get_design
-from mcdiff.estimators import summarize_moments
+from mcdiff.estimators import group_means, summarize_moments
+from mcdiff.intervals import bernstein_sequence, betting_sequence
 from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo, SchedulerLost, check_model
 from mcdiff.functionals import Statistic, get_statistic, pixel_mean, probe_images, statistic_identity
 from mcdiff.moments import GroupMoments
 from mcdiff.noise import GENERATOR
 from mcdiff.results import build_result, mcdiff_version, targets_dataset
-from mcdiff.targets import Target
+from mcdiff.targets import INTERVALS, Target
 from mcdiff.store import ResultStore
 from mcdiff.validation import (
     check_batch_size,
@@ -283,6 +284,7 @@ def estimate(
     max_evals: int | None = None,
     draws: str = "auto",
     targets: Sequence[Target] = (),
+    stop_interval: str = "t",
 ) -> xr.DataTree:
     """Estimate ``E[f(G(z))]`` for each statistic under each noise design.
 
@@ -325,6 +327,15 @@ def estimate(
         ``ci_width <= target_rel_width · |estimate|``. Needs ``max_evals``.
     max_evals : int, optional
         Budget cap per design for sequential stopping: no round exceeds it.
+    stop_interval : {"t", "bernstein", "betting"}
+        The interval the stopping rule checks. ``"t"`` (the default) is the t-interval of each
+        round, which covers a little less than its level at the data-dependent stopping time;
+        ``"bernstein"`` and ``"betting"`` are anytime-valid confidence sequences over the
+        design's group means in address order (:func:`~mcdiff.intervals.bernstein_sequence`,
+        :func:`~mcdiff.intervals.betting_sequence`, checked at every round's end), so their
+        interval at the stopping time covers with at least the confidence level. They need
+        bounded statistics (``Statistic.bounds``) and keep their values in memory; the
+        sequence's bounds at the stop are ``/summary/{statistic}_sequence``.
     draws : {"auto", "memory", "store", "none"}
         Where per-evaluation values go (see the module): ``"auto"`` keeps a statistic's values in
         memory (and in the store) when they take at most :data:`DRAWS_LIMIT` bytes per design,
@@ -363,16 +374,18 @@ def estimate(
         design.check_n(n_evals)
         batch_size = check_batch_size(batch_size, design)
     check_block_size(block_size)
-    stopping = _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals)
+    stopping = _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals, stop_interval, stats)
     draws = check_draws(draws, store)
     executor = LocalExecutor() if executor is None else executor
     info = executor.describe(sampler)
     keep = _check_targets(targets, stats, info.image_shape)
+    if stopping is not None and stopping["stop_interval"] != "t":
+        keep = tuple(sorted({*keep, *(s.name for s in stats)}))
     layouts = [d.extendable(n_evals) for d in resolved]
     jobs = [Job(d.name, d, seed, tuple(stats)) for d in layouts]
     largest = n_evals if stopping is None else stopping["max_evals"]
 
-    n, rounds, reached_at = n_evals, 0, {}
+    n, rounds, reached_at, round_ends, sequences = n_evals, 0, {}, [], {}
     with (
         ResultStore.open(store, _fingerprint(info, seed, layouts, stats)) if store is not None else contextlib.nullcontext() as results,
         progress_bar(progress, "mcdiff") as bar,
@@ -385,8 +398,16 @@ def estimate(
             run_guarded(loop, [(job, n) for job in jobs], store)
             if stopping is None:
                 break
+            round_ends.append(n)
             for job in jobs:
-                if job.key not in reached_at and _meets_target(loop.moments(job, n), confidence, stopping):
+                if job.key in reached_at:
+                    continue
+                if stopping["stop_interval"] == "t":
+                    met = _meets_target(summarize_moments, loop.moments(job, n), confidence, stopping)
+                else:
+                    sequences[job.key] = _sequences(loop.values(job, n), job.design, round_ends, stats, confidence, stopping)
+                    met = _meets_target(lambda fields, confidence: fields, sequences[job.key], confidence, stopping)
+                if met:
                     reached_at[job.key] = n
             if len(reached_at) == len(jobs) or 2 * n > stopping["max_evals"]:
                 break
@@ -426,7 +447,36 @@ def estimate(
         targets=computed,
     )
     result["summary"]["evals_at_target"] = xr.DataArray([reached_at.get(job.key, -1) for job in jobs], dims="design")
+    for stat in stats if sequences else ():
+        bounds = np.stack([np.stack([sequences[job.key][stat.name][f] for f in ("ci_lower", "ci_upper")]) for job in jobs])
+        own_dims, coords = layout[stat.name]
+        result["summary"][f"{stat.name}_sequence"] = xr.DataArray(
+            bounds, dims=("design", "sequence_bound", *own_dims), coords={"sequence_bound": ["lower", "upper"], **coords}
+        )
     return result
+
+
+def _sequences(values, design: Design, round_ends, stats, confidence, stopping) -> dict[str, dict[str, np.ndarray]]:
+    """Each statistic's confidence sequence at the last round's end: ``{statistic: {estimate, ci_*}}``.
+
+    The sequence runs over the design's group means in address order and is intersected over
+    every round's end so far (the times the rule looks at).
+    """
+    sequence = bernstein_sequence if stopping["stop_interval"] == "bernstein" else betting_sequence
+    n = round_ends[-1]
+    groups = design.group_ids(n)
+    times = [len(np.unique(groups[:end])) for end in round_ends]
+    out = {}
+    for stat in stats:
+        means = group_means(values[stat.name], groups)
+        bounds = sequence(means, stat.bounds, confidence, times=times, name=stat.name)
+        out[stat.name] = {
+            "estimate": means.mean(axis=0),
+            "ci_lower": bounds["ci_lower"][-1],
+            "ci_upper": bounds["ci_upper"][-1],
+            "ci_width": bounds["ci_width"][-1],
+        }
+    return out
 
 
 def sample_images(
@@ -503,7 +553,7 @@ def _resume_hint(store: str | Path | None) -> str:
     )
 
 
-def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals) -> dict | None:
+def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals, stop_interval, stats) -> dict | None:
     """The stopping rule's settings as result attributes, or ``None`` without a target."""
     targets = {"target_ci_width": target_ci_width, "target_rel_width": target_rel_width}
     for name, value in targets.items():
@@ -511,6 +561,8 @@ def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals) -> di
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
             raise ValueError(f"{name} must be a positive number or None, got {value!r}")
+    if stop_interval not in INTERVALS:
+        raise ValueError(f"stop_interval must be one of {INTERVALS}, got {stop_interval!r}")
     targets = {name: float(value) for name, value in targets.items() if value is not None}
     if not targets:
         if max_evals is not None:
@@ -523,13 +575,20 @@ def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals) -> di
             f"sequential stopping needs a budget cap max_evals, an integer >= n_evals={n_evals} "
             f"(the first round), got {max_evals!r}"
         )
-    return {**targets, "max_evals": int(max_evals)}
+    if stop_interval != "t":
+        unbounded = [s.name for s in stats if s.bounds is None]
+        if unbounded:
+            raise ValueError(
+                f"stop_interval={stop_interval!r} is a confidence sequence for bounded values: statistic(s) "
+                f"{unbounded} declare no bounds; give Statistic(..., bounds=(lo, hi)) or stop_interval='t'"
+            )
+    return {**targets, "max_evals": int(max_evals), "stop_interval": stop_interval}
 
 
-def _meets_target(moments: dict[str, GroupMoments], confidence: float, stopping: dict) -> bool:
-    """Whether every statistic component's interval meets the absolute and relative targets."""
-    for m in moments.values():
-        fields = summarize_moments(m, confidence)
+def _meets_target(fields_of: Callable, per_statistic: dict, confidence: float, stopping: dict) -> bool:
+    """Whether every statistic component's interval (``fields_of(x, confidence)`` of each value) meets the targets."""
+    for x in per_statistic.values():
+        fields = fields_of(x, confidence)
         width = fields["ci_width"]
         if not np.all(width <= stopping.get("target_ci_width", np.inf)):
             return False

@@ -18,7 +18,7 @@ Layout (one directory, one writer at a time)::
 
 A block file holds one array ``(stop - start, *own_shape)`` per statistic, its ``start`` and
 ``stop`` and the fingerprint's digest; the state file the prefix, the group count and size,
-the six sums of each statistic (and those of a replicate not yet complete) and the digest.
+the seven sums of each statistic (and those of a replicate not yet complete) and the digest.
 Every file is written to a hidden temporary file, flushed to disk and then renamed into place
 (``os.replace`` is atomic on POSIX), so a process killed at any moment leaves either the whole
 file or the previous one. Blocks never split an antithetic pair (they may split an RQMC

@@ -57,9 +57,10 @@ def test_relative_efficiency_of_pairs_matches_theory():
     assert eff == pytest.approx(5.0, rel=0.05)  # SE of the estimate ~1%: 5 SE
 
 
-def test_zero_standard_error_gives_infinite_efficiency():
+def test_zero_standard_error_gives_no_efficiency():
+    """All group means equal: the interval is 0 wide, and no efficiency (NaN) is claimed, not inf."""
     out = summarize(np.array([1.0, -1.0, 2.0, -2.0]), np.array([0, 0, 1, 1]))
-    assert out["std_error"] == 0 and np.isinf(out["relative_efficiency"])
+    assert out["std_error"] == 0 and out["ci_width"] == 0 and np.isnan(out["relative_efficiency"])
 
 
 def test_efficiency_vs_mc_is_squared_width_ratio():

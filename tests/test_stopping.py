@@ -158,3 +158,26 @@ def test_cli_resumes_from_a_store_and_reports_the_rounds(tmp_path, capsys):
     assert mcdiff.load_result(tmp_path / "a.nc").identical(mcdiff.load_result(tmp_path / "b.nc"))
     assert main([*args[:-4], "--seed", "1", "-o", str(tmp_path / "c.nc")]) == 2
     assert "seed: stored 0, requested 1" in capsys.readouterr().err
+
+
+def test_a_confidence_sequence_stops_with_an_interval_that_covers(model):
+    """stop_interval='betting': 60 repeats (MC, target 0.024); the sequence's bounds at the stop cover the
+    truth in at least 51 (its guarantee is >= 95%: P(<= 50 of 60) < 0.3%), and it costs more than the t-rule."""
+    truth = mcdiff.exact_expectation(model, "brightness")
+    hits, sizes = [], []
+    for seed in range(60):
+        summary = mcdiff.estimate(model, ["brightness"], ["mc"], n_evals=16, seed=seed, batch_size=1024,
+                                  progress=False, target_ci_width=0.024, max_evals=4096, stop_interval="betting")["summary"]
+        bounds = summary["brightness_sequence"].sel(design="mc")
+        assert float(bounds.sel(sequence_bound="upper") - bounds.sel(sequence_bound="lower")) <= 0.024
+        hits.append(float(bounds.sel(sequence_bound="lower")) <= truth <= float(bounds.sel(sequence_bound="upper")))
+        sizes.append(int(summary["n_evals"][0]))
+    assert sum(hits) >= 51 and min(sizes) > 64  # the t-rule stops at 32-64 evaluations here
+    assert summary.attrs["stop_interval"] == "betting"
+
+
+def test_a_confidence_sequence_needs_bounded_statistics(model):
+    free = mcdiff.Statistic("free", lambda images: images.mean(dim=(1, 2, 3)), dims=())
+    with pytest.raises(ValueError, match=r"declare no bounds; give Statistic\(\.\.\., bounds=\(lo, hi\)\)"):
+        mcdiff.estimate(model, [free], ["mc"], n_evals=16, progress=False, target_ci_width=0.01,
+                        max_evals=64, stop_interval="bernstein")

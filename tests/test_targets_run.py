@@ -100,3 +100,15 @@ def test_the_cli_estimates_targets_and_saves_them(tmp_path, capsys):
     saved = mcdiff.load_result(tmp_path / "r.nc")["targets"]
     assert set(saved.data_vars) == {"brightness_quantiles", "P_brightness_gt_0.5", "P_centroid_lt_0.5", "brightness_spread"}
     assert saved["P_centroid_lt_0.5"].attrs["interval"] == "betting"
+
+
+def test_a_degenerate_interval_warns_and_reports_no_infinite_efficiency(model):
+    constant = mcdiff.Statistic("dark_fraction", lambda images: (images < -1).float().mean(dim=(1, 2, 3)), dims=())
+    with pytest.warns(RuntimeWarning, match="'dark_fraction' under design 'rqmc': the interval has width 0"):
+        result = mcdiff.estimate(model, [constant, "brightness"], ["mc", "rqmc"], n_evals=256, progress=False)
+    row = result["summary"]["dark_fraction"].sel(design="rqmc")
+    assert float(row.sel(summary="ci_width")) == 0 and np.isnan(float(row.sel(summary="relative_efficiency")))
+    corrected = result["summary"]["brightness"].sel(summary="relative_efficiency_corrected")
+    raw = result["summary"]["brightness"].sel(summary="relative_efficiency")
+    assert float(corrected.sel(design="mc")) == float(raw.sel(design="mc"))  # plain MC: exactly 1, unchanged
+    assert float(corrected.sel(design="rqmc")) == pytest.approx(float(raw.sel(design="rqmc")) * 13 / 15)
