@@ -349,6 +349,8 @@ def _add_diagnose(sub, parents) -> None:
         type=Path,
         help="local LPIPS TorchScript file (see mcdiff.diagnostics.load_lpips); skipped without it",
     )
+    p.add_argument("--store", type=Path,
+                   help="store directory for the pairs' images (one store per sampler inside); rerun to resume")
     p.add_argument("-o", "--output", type=Path, default=Path("mcdiff-diagnose"), help="report directory")
     p.set_defaults(run=_run_diagnose)
 
@@ -375,6 +377,7 @@ def _run_diagnose(args) -> None:
         n_probes=args.probes,
         lpips=lpips,
         batch_size=args.batch_size,
+        store=args.store,
     )
     tree.attrs["model_source"] = args.model
     args.output.mkdir(parents=True, exist_ok=True)

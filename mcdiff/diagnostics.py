@@ -37,10 +37,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from mcdiff.runner import sample_images
 from mcdiff.designs import Antithetic, Design, MonteCarlo
 from mcdiff.noise import Noise
 from mcdiff.results import mcdiff_version, text_table
+from mcdiff.runner import sample_runs
 from mcdiff.samplers.base import Sampler
 from mcdiff.samplers.diffusion import DiffusionSampler
 from mcdiff.validation import check_integer, check_seed
@@ -109,15 +109,26 @@ def _pair_pearson(values: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return np.stack([np.stack(raw), np.stack(centred)], axis=1)
 
 
-def generate_pairs(sampler: Sampler, n_pairs: int = 64, seed: int = 0, batch_size: int = 256) -> xr.DataArray:
+def generate_pairs(
+    sampler: Sampler,
+    n_pairs: int = 64,
+    seed: int = 0,
+    batch_size: int = 256,
+    *,
+    store: str | Path | None = None,
+    executor=None,
+    progress: bool | None = False,
+) -> xr.DataArray:
     """Images of ``n_pairs`` antithetic (PN) and ``n_pairs`` independent (RR) pairs.
 
     PN pair j is evaluations ``2j, 2j + 1`` of :class:`~mcdiff.designs.Antithetic` (``z_j``,
-    ``-z_j``), RR pair j the same evaluations of :class:`~mcdiff.designs.MonteCarlo`.
+    ``-z_j``), RR pair j the same evaluations of :class:`~mcdiff.designs.MonteCarlo`. They run
+    through the runner's loop (:func:`~mcdiff.runner.sample_runs`): with ``store`` every block
+    is kept and a rerun resumes; ``executor`` may be a Dask executor (``sampler`` a factory).
 
     Parameters
     ----------
-    sampler : Sampler
+    sampler : Sampler or factory
         Any model with the sampler contract.
     n_pairs : int
         Pairs of each kind, >= 2.
@@ -125,6 +136,11 @@ def generate_pairs(sampler: Sampler, n_pairs: int = 64, seed: int = 0, batch_siz
         Noise seed (as in :func:`mcdiff.estimate`).
     batch_size : int
         Evaluations per sampler call.
+    store : path, optional
+        A :class:`~mcdiff.store.ResultStore` directory for the images.
+    executor : LocalExecutor or DaskExecutor, optional
+    progress : bool, optional
+        Show a progress bar (``None``: when stderr is a terminal).
 
     Returns
     -------
@@ -135,8 +151,9 @@ def generate_pairs(sampler: Sampler, n_pairs: int = 64, seed: int = 0, batch_siz
     seed = check_seed(seed)
     batch_size = check_integer("batch_size", batch_size, 2)
     designs: tuple[Design, ...] = (Antithetic(), MonteCarlo())
-    images = [sample_images(sampler, design, 2 * n_pairs, seed, batch_size) for design in designs]
-    data = np.stack(images).reshape(2, n_pairs, 2, *sampler.image_shape)
+    runs = sample_runs(sampler, designs, 2 * n_pairs, seed, batch_size, store=store, executor=executor, progress=progress)
+    images = [runs[d.name] for d in designs]
+    data = np.stack(images).reshape(2, n_pairs, 2, *images[0].shape[1:])
     return xr.DataArray(
         data,
         dims=("pairing", "pair", "member", "channel", "y", "x"),
@@ -516,6 +533,7 @@ def diagnose(
     n_probes: int = 8,
     lpips: LpipsFn | None = None,
     batch_size: int = 256,
+    store: str | Path | None = None,
 ) -> xr.DataTree:
     """Every diagnostic of one model, under one or more samplers (e.g. DDIM and DDPM).
 
@@ -533,6 +551,10 @@ def diagnose(
         See :func:`load_lpips`; LPIPS is skipped without it.
     batch_size : int
         Evaluations per sampler call in :func:`generate_pairs`.
+    store : path, optional
+        A directory holding one :class:`~mcdiff.store.ResultStore` per sampler (``STORE/{name}``)
+        for the pairs' images (:func:`generate_pairs`): a rerun resumes them. The trajectory and
+        antisymmetry probes read the sampler's intermediate states and run in this process.
 
     Returns
     -------
@@ -556,8 +578,8 @@ def diagnose(
     check_integer("n_probes", n_probes, 2)
     _probed_timesteps(samplers[names[0]], timesteps)
     pairs, trajectories = [], []
-    for sampler in samplers.values():
-        images = generate_pairs(sampler, n_pairs, seed, batch_size)
+    for name, sampler in samplers.items():
+        images = generate_pairs(sampler, n_pairs, seed, batch_size, store=None if store is None else Path(store) / name)
         pairs.append(xr.merge([pair_correlation(images), pair_diversity(images, lpips)]))
         trajectories.append(trajectory_correlation(sampler, n_pairs, seed))
     first = samplers[names[0]]

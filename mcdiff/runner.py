@@ -479,6 +479,40 @@ def _sequences(values, design: Design, round_ends, stats, confidence, stopping) 
     return out
 
 
+def sample_runs(
+    model: Model,
+    designs: Sequence[Design],
+    n_evals: int,
+    seed: int,
+    batch_size: int,
+    *,
+    store: str | Path | None = None,
+    executor: LocalExecutor | DaskExecutor | None = None,
+    progress: bool | None = None,
+) -> dict[str, np.ndarray]:
+    """Images ``{design: (n_evals, C, H, W)}`` of evaluations ``0 .. n_evals - 1`` of each design, through the loop.
+
+    What :func:`sample_images` gives, run as every estimate is: blocks on the executor, one
+    progress bar, and with a store every block kept (job ``images-{design}``), so an
+    interrupted run resumes; a store of other images (model, seed, designs) is refused.
+    """
+    check_model(model)
+    seed = check_seed(seed)
+    executor = LocalExecutor() if executor is None else executor
+    info = executor.describe(model)
+    jobs = [Job(f"images-{d.name}", d, seed, (pixel_mean,)) for d in designs]
+    fingerprint = {**_fingerprint(info, seed, designs, [pixel_mean]), "images": True}
+    with (
+        ResultStore.open(store, fingerprint) if store is not None else contextlib.nullcontext() as results,
+        progress_bar(progress, "mcdiff images") as bar,
+    ):
+        loop = Evaluations(model, executor, batch_size, None, results, "memory", bar)
+        for job in jobs:
+            loop.add(job, n_evals, info.image_shape)
+        run_guarded(loop, [(job, n_evals) for job in jobs], store)
+        return {job.design.name: loop.values(job, n_evals)["pixel_mean"] for job in jobs}
+
+
 def sample_images(
     sampler: Model,
     design: Design,

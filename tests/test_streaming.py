@@ -231,3 +231,18 @@ def test_narrow_and_wide_values_are_added_in_the_same_order(width):
     for row in terms:
         expected = expected + row
     np.testing.assert_array_equal(moments._add_in_order(total, terms), expected)
+
+
+def test_diagnostic_pairs_run_through_the_loop_and_resume_from_a_store(tmp_path):
+    from mcdiff.diagnostics import generate_pairs
+    from mcdiff.runner import sample_images
+
+    sampler = CountingSampler()
+    pairs = generate_pairs(sampler, 8, seed=3, batch_size=4, store=tmp_path / "s")
+    assert sampler.evaluated == 32
+    np.testing.assert_array_equal(pairs.sel(pairing="PN").values.reshape(16, 1, 4, 4),
+                                  sample_images(CountingSampler(), mcdiff.Antithetic(), 16, 3, 16))
+    again = CountingSampler()
+    assert generate_pairs(again, 8, seed=3, batch_size=8, store=tmp_path / "s").identical(pairs) and again.evaluated == 0
+    with pytest.raises(ValueError, match="was written by a different run"):
+        generate_pairs(CountingSampler(), 8, seed=4, store=tmp_path / "s")
