@@ -87,6 +87,8 @@ class Design(ABC):
 
     name: str
     unit: int = 1
+    interleaved: bool = False
+    """Whether a group's evaluations are spread over the addresses (else each group is contiguous)."""
 
     @abstractmethod
     def check_n(self, n_evals: int) -> None:
@@ -295,6 +297,19 @@ class SobolRQMC(Design):
         ``k >= replicates``: a longer run *adds replicates* and leaves the noise of every
         earlier address unchanged (see :meth:`extendable`). By default 2^m is
         ``n_evals / replicates`` (divided by 2 with ``antithetic``).
+    grow : {"replicates", "points"}
+        How a run that grows (sequential stopping) adds evaluations. ``"replicates"`` (the
+        default) lays replicate after replicate in address order and adds replicates of the
+        first round's size. ``"points"`` interleaves the replicates (point ``k`` of replicate
+        ``r`` at point number ``k R + r``), so the first ``R 2^m`` addresses hold the first 2^m
+        points of every replicate and a doubled run extends each replicate to 2^(m+1) points of
+        the same scramble, every earlier point reused: the variance reduction of 2^(m+1)-point
+        nets, not of more 2^m-point ones. Its groups (replicates) are not contiguous, and the
+        runner keeps one running sum per replicate. At each round the R replicate means are
+        independent and unbiased, so the round's t-interval (R - 1 degrees of freedom) is valid;
+        at a data-dependent stopping time the t-rule's caveat applies, and the confidence
+        sequences (which need new independent groups) are refused. At ``n_evals = R 2^m`` it
+        evaluates exactly the points of the ``"replicates"`` layout, in another order.
 
     References
     ----------
@@ -316,6 +331,7 @@ class SobolRQMC(Design):
         max_dim: int = SOBOL_MAX_DIM,
         scramble: str = "nested",
         points_per_replicate: int | None = None,
+        grow: str = "replicates",
     ):
         if points_per_replicate is not None and (
             not is_integer(points_per_replicate)
@@ -336,12 +352,17 @@ class SobolRQMC(Design):
             raise ValueError(f"max_dim must be in [1, {SOBOL_MAX_DIM}], got {max_dim}")
         if scramble not in ("lms", "nested"):
             raise ValueError(f"scramble must be 'lms' or 'nested', got {scramble!r}")
+        if grow not in ("replicates", "points"):
+            raise ValueError(f"grow must be 'replicates' or 'points', got {grow!r}")
+        if grow == "points" and points_per_replicate is not None:
+            raise ValueError("grow='points' extends the replicates' points: points_per_replicate must be None")
         self.replicates = int(replicates)
         self.antithetic = bool(antithetic)
         self.basis = basis
         self.max_dim = int(max_dim)
         self.scramble = scramble
         self.points = None if points_per_replicate is None else int(points_per_replicate)
+        self.grow = grow
         self.name = "amc-rqmc" if antithetic else "rqmc"
         self.unit = 2 if antithetic else 1
 
@@ -350,6 +371,7 @@ class SobolRQMC(Design):
             f"SobolRQMC(replicates={self.replicates}, antithetic={self.antithetic}, "
             f"basis={self.basis!r}, max_dim={self.max_dim}, scramble={self.scramble!r}"
             + ("" if self.points is None else f", points_per_replicate={self.points}")
+            + ("" if self.grow == "replicates" else f", grow={self.grow!r}")
             + ")"
         )
 
@@ -360,8 +382,19 @@ class SobolRQMC(Design):
             return self.points
         return n_evals // (self.replicates * self.unit)
 
+    @property
+    def interleaved(self) -> bool:
+        """Whether replicates interleave in address order (``grow="points"``): groups are not contiguous."""
+        return self.grow == "points"
+
     def extendable(self, n_evals: int) -> SobolRQMC:
-        """This design with 2^m fixed at its value for ``n_evals``: longer runs add replicates."""
+        """This design with 2^m fixed at its value for ``n_evals``: longer runs add replicates.
+
+        With ``grow="points"`` the design itself: longer runs extend every replicate's points.
+        """
+        if self.interleaved:
+            self.check_n(n_evals)
+            return self
         return SobolRQMC(
             self.replicates,
             self.antithetic,
@@ -393,7 +426,8 @@ class SobolRQMC(Design):
             )
 
     def group_ids(self, n_evals: int) -> np.ndarray:
-        return np.arange(n_evals) // (self.points_per_replicate(n_evals) * self.unit)
+        replicate, _, _ = self._replicate_points(np.arange(n_evals), n_evals)
+        return replicate
 
     def nearest_n(self, n_evals: float) -> int:
         """The allowed ``replicates · 2^m`` (times 2 with ``antithetic``) nearest to ``n_evals``
@@ -425,27 +459,31 @@ class SobolRQMC(Design):
     def _basis(self, dim: int) -> str:
         return self._resolved_basis(dim)
 
-    def _points(self, addresses: np.ndarray, n_evals: int) -> tuple[np.ndarray, np.ndarray]:
-        """Global point numbers of ``addresses`` (``replicate · 2^m + k``), and which are reflections."""
-        return addresses // self.unit, (addresses % 2 == 1) & self.antithetic
+    def _replicate_points(self, addresses: np.ndarray, n_evals: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Replicate ``r`` and point index ``k`` within it of each address, and which are reflections."""
+        points = addresses // self.unit
+        reflected = (addresses % 2 == 1) & self.antithetic
+        if self.interleaved:
+            return points % self.replicates, points // self.replicates, reflected
+        per_replicate = self.points_per_replicate(n_evals)
+        return points // per_replicate, points % per_replicate, reflected
 
     def _streams(self, seed, addresses, n_evals):
-        points, reflected = self._points(addresses, n_evals)
+        points = addresses // self.unit
         first = int(points[0]) if len(points) else 0
         unique = np.arange(first, first + len(np.unique(points)))
-        per_replicate = self.points_per_replicate(n_evals)
-        keys = stream_keys(seed, _TAGS[self.name], unique // per_replicate, 1, unique % per_replicate)
-        return Streams(keys, points - first, reflected)
+        replicate, index, _ = self._replicate_points(unique * self.unit, n_evals)
+        keys = stream_keys(seed, _TAGS[self.name], replicate, 1, index)
+        return Streams(keys, points - first, (addresses % 2 == 1) & self.antithetic)
 
     def _leading(self, dim, seed, addresses, n_evals, device):
         tag = _TAGS[self.name]
         lead = min(dim, self.max_dim)
-        per_replicate = self.points_per_replicate(n_evals)
-        points, reflected = self._points(addresses, n_evals)
+        replicate, index, reflected = self._replicate_points(addresses, n_evals)
         out = np.empty((len(addresses), lead))
-        for r in np.unique(points // per_replicate):
-            rows = np.flatnonzero(points // per_replicate == r)
-            k = points[rows] - r * per_replicate
+        for r in np.unique(replicate):
+            rows = np.flatnonzero(replicate == r)
+            k = index[rows]
             rng = _rng(seed, tag, int(r), 0)
             u = scrambled_points(lead, rng, int(k[0]), int(k[-1] - k[0] + 1), self.scramble, device)
             out[rows] = ndtri(u)[k - k[0]]

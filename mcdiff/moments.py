@@ -83,6 +83,26 @@ class GroupMoments:
         moments.open_sums = None if open_sums is None else [np.array(v, dtype=np.float64) for v in open_sums]
         return moments
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue folding, as arrays (:meth:`from_arrays` restores it)."""
+        out = {"group_size": np.array(self.group_size), "n_groups": np.array(self.n_groups),
+               "open_count": np.array(self.open_count), **(self.sums or {})}
+        if self.open_sums is not None:
+            out["open_y"], out["open_yy"] = self.open_sums
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> GroupMoments:
+        """The accumulator :meth:`state` described."""
+        n_groups, open_count = int(arrays["n_groups"]), int(arrays["open_count"])
+        sums = {f: arrays[f] for f in MOMENT_FIELDS} if (n_groups or open_count) else dict.fromkeys(MOMENT_FIELDS, 0.0)
+        open_sums = (arrays["open_y"], arrays["open_yy"]) if open_count else None
+        return cls.from_state(int(arrays["group_size"]), n_groups, sums, open_count, open_sums)
+
+    def groups(self) -> GroupMoments:
+        """The accumulator as :class:`GroupMoments` (itself)."""
+        return self
+
     @property
     def n_evals(self) -> int:
         """Evaluations folded so far (those of an open group included)."""
@@ -176,6 +196,67 @@ class GroupMoments:
         var_b = (s["sum_bb"] - s["sum_b"] * (s["sum_b"] / g)) / (g - 1)
         cov_ab = (s["sum_ab"] - s["sum_a"] * (s["sum_b"] / g)) / (g - 1)
         return np.maximum(var_b - 4 * ybar * cov_ab + 4 * ybar**2 * var_a, 0.0)
+
+
+class ReplicateMoments:
+    """Running sums of ``y`` and ``y^2`` per replicate, for groups interleaved in address order.
+
+    An interleaved RQMC design (``SobolRQMC(grow="points")``) puts point ``k`` of replicate
+    ``r`` at point number ``k R + r``, so every replicate grows as the run grows. Each
+    replicate's sums are added one evaluation at a time in address order (the same bits
+    however the evaluations were cut into blocks); :meth:`groups` turns the ``R`` replicate
+    means into :class:`GroupMoments` when every replicate has the same number of points.
+    Memory is ``2 R + 1`` times the statistic's size.
+    """
+
+    def __init__(self, replicates: int, unit: int = 1):
+        self.replicates, self.unit = int(replicates), int(unit)
+        self.n_evals = 0
+        self.shift: np.ndarray | None = None
+        self.sum_y: np.ndarray | None = None
+        self.sum_yy: np.ndarray | None = None
+
+    def fold(self, values: np.ndarray) -> None:
+        """Add the next evaluations ``(k, *own_shape)`` in address order."""
+        values = np.asarray(values, dtype=np.float64)
+        if len(values) == 0:
+            return
+        if self.shift is None:
+            self.shift = values[0].copy()
+            self.sum_y = np.zeros((self.replicates, *values.shape[1:]))
+            self.sum_yy = np.zeros_like(self.sum_y)
+        y = values - self.shift
+        replicates = (np.arange(self.n_evals, self.n_evals + len(y)) // self.unit) % self.replicates
+        for r, row in zip(replicates, y):
+            self.sum_y[r] += row
+            self.sum_yy[r] += row * row
+        self.n_evals += len(y)
+
+    def groups(self) -> GroupMoments:
+        """:class:`GroupMoments` of the replicate means (all replicates complete and equally long)."""
+        size, extra = divmod(self.n_evals, self.replicates)
+        if extra or not size:
+            raise ValueError(f"{self.n_evals} evaluations do not give each of {self.replicates} replicates the same points")
+        moments = GroupMoments(size)
+        moments.sums = {"shift": self.shift.copy(), **{f: np.zeros_like(self.shift) for f in MOMENT_FIELDS[1:]}}
+        moments._close(self.sum_y / size, self.sum_yy / size)
+        return moments
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything needed to continue folding, as arrays (:meth:`from_arrays` restores it)."""
+        out = {"replicates": np.array(self.replicates), "unit": np.array(self.unit), "n_evals": np.array(self.n_evals)}
+        if self.shift is not None:
+            out.update(shift=self.shift, sum_y=self.sum_y, sum_yy=self.sum_yy)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ReplicateMoments:
+        """The accumulator :meth:`state` described."""
+        moments = cls(int(arrays["replicates"]), int(arrays["unit"]))
+        moments.n_evals = int(arrays["n_evals"])
+        if moments.n_evals:
+            moments.shift, moments.sum_y, moments.sum_yy = (np.array(arrays[k], dtype=np.float64) for k in ("shift", "sum_y", "sum_yy"))
+        return moments
 
 
 _NARROW = 64

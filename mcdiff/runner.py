@@ -48,7 +48,7 @@ from mcdiff.estimators import group_means, summarize_moments
 from mcdiff.intervals import bernstein_sequence, betting_sequence
 from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo, SchedulerLost, check_model
 from mcdiff.functionals import Statistic, get_statistic, pixel_mean, probe_images, statistic_identity
-from mcdiff.moments import GroupMoments
+from mcdiff.moments import GroupMoments, ReplicateMoments
 from mcdiff.noise import GENERATOR
 from mcdiff.results import build_result, mcdiff_version, targets_dataset
 from mcdiff.targets import INTERVALS, Target
@@ -87,7 +87,12 @@ class _JobState:
 
     def __init__(self, job: Job, group_size: int, memory: set[str], stored: set[str], store):
         self.job, self.memory, self.stored, self.store = job, memory, stored, store
-        self.moments = {s.name: GroupMoments(group_size) for s in job.statistics}
+        self.kind = ReplicateMoments if job.design.interleaved else GroupMoments
+        design = job.design
+        self.moments = {
+            s.name: ReplicateMoments(design.replicates, design.unit) if design.interleaved else GroupMoments(group_size)
+            for s in job.statistics
+        }
         self.prefix = 0
         self.waiting: dict[int, tuple[int, dict[str, np.ndarray] | None]] = {}
         self.kept: list[dict[str, np.ndarray]] = []
@@ -205,7 +210,7 @@ class Evaluations:
             for start, stop in self.store.done(job.key):
                 state.waiting[start] = (stop, None)
             return
-        restored = self.store.read_state(job.key)  # the accumulators: resume from the stored prefix
+        restored = self.store.read_state(job.key, state.kind)  # the accumulators: resume from the stored prefix
         if restored is None:
             return
         if restored[0] > largest_n:
@@ -246,7 +251,7 @@ class Evaluations:
             self.bar.update(block.stop - block.start)
 
     def moments(self, job: Job, n: int) -> dict[str, GroupMoments]:
-        """The accumulators of ``job``'s evaluations ``0 .. n - 1`` (all of them folded by :meth:`run`)."""
+        """The group moments of ``job``'s evaluations ``0 .. n - 1`` (all of them folded by :meth:`run`)."""
         state = self._jobs[job.key]
         if state.prefix != n:
             blocking = [(a, b) for a, (b, _) in state.waiting.items() if a < n < b]
@@ -254,7 +259,7 @@ class Evaluations:
                 f"job {job.key!r} has folded {state.prefix} evaluations, not {n}"
                 + (f": stored block {blocking[0]} straddles {n}; ask for {blocking[0][1]} or give a new store" if blocking else "")
             )
-        return state.moments
+        return {name: m.groups() for name, m in state.moments.items()}
 
     def values(self, job: Job, n: int) -> dict[str, np.ndarray]:
         """Values ``{statistic: (n, *own_shape)}`` of evaluations ``0 .. n - 1`` of the statistics kept in memory."""
@@ -380,6 +385,12 @@ def estimate(
     info = executor.describe(sampler)
     keep = _check_targets(targets, stats, info.image_shape)
     if stopping is not None and stopping["stop_interval"] != "t":
+        grown = [d.name for d in resolved if d.interleaved]
+        if grown:
+            raise ValueError(
+                f"stop_interval={stopping['stop_interval']!r} needs new independent groups every round; design(s) "
+                f"{grown} grow their replicates' points instead (grow='points'): use stop_interval='t'"
+            )
         keep = tuple(sorted({*keep, *(s.name for s in stats)}))
     layouts = [d.extendable(n_evals) for d in resolved]
     jobs = [Job(d.name, d, seed, tuple(stats)) for d in layouts]

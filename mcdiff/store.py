@@ -61,7 +61,6 @@ import numpy as np
 
 from mcdiff.atomic import DISK_FULL, replace_atomically
 from mcdiff.functionals import check_finite, same_probe
-from mcdiff.moments import MOMENT_FIELDS, GroupMoments
 from mcdiff.writer_lock import WriterLock
 
 FORMAT = "mcdiff-store/3"
@@ -399,8 +398,11 @@ class ResultStore:
                 ) from None
         return {n: content[f"stat_{n}"] for n in names}
 
-    def write_state(self, key: str, prefix: int, moments: Mapping[str, GroupMoments]) -> None:
+    def write_state(self, key: str, prefix: int, moments: Mapping) -> None:
         """Store the accumulators of evaluations ``0 .. prefix - 1`` of job ``key``, replacing the previous ones.
+
+        ``moments`` maps each statistic to an accumulator with ``state()`` (arrays) and
+        ``n_evals`` (:class:`~mcdiff.moments.GroupMoments`, :class:`~mcdiff.moments.ReplicateMoments`).
 
         Raises
         ------
@@ -408,28 +410,22 @@ class ResultStore:
             When the write fails; the previous state stays.
         """
         self._dir(key)
-        names = self._jobs[key]["statistics"]
         arrays = {}
-        for k, name in enumerate(names):
-            for field in MOMENT_FIELDS:
-                arrays[f"m{k}_{field}"] = moments[name].sums[field]
-            if moments[name].open_count:
-                arrays[f"m{k}_open_y"], arrays[f"m{k}_open_yy"] = moments[name].open_sums
-        first = moments[names[0]]
+        for k, name in enumerate(self._jobs[key]["statistics"]):
+            arrays.update({f"m{k}_{field}": value for field, value in moments[name].state().items()})
         self.lock()
         try:
             replace_atomically(
                 self.path / "jobs" / key / "state.npz",
-                lambda tmp: np.savez(
-                    tmp, prefix=prefix, n_groups=first.n_groups, group_size=first.group_size,
-                    open_count=first.open_count, digest=self.digest, **arrays,
-                ),
+                lambda tmp: np.savez(tmp, prefix=prefix, digest=self.digest, **arrays),
             )
         except OSError as err:
             raise self._write_error(f"writing the state of job {key!r}", err) from None
 
-    def read_state(self, key: str) -> tuple[int, dict[str, GroupMoments]] | None:
-        """``(prefix, {statistic: GroupMoments})`` of job ``key``, or ``None`` when it has no state yet.
+    def read_state(self, key: str, kind) -> tuple[int, dict] | None:
+        """``(prefix, {statistic: accumulator})`` of job ``key``, or ``None`` when it has no state yet.
+
+        ``kind`` is the accumulator class (its ``from_arrays`` rebuilds each statistic's).
 
         Raises
         ------
@@ -440,23 +436,19 @@ class ResultStore:
         if not file.exists():
             return None
         content = _load_block(file)
-        names = self._jobs[key]["statistics"]
         try:
             if str(content["digest"]) != self.digest:
                 raise ValueError("it was written by a different run (fingerprint digest differs)")
-            prefix, n_groups, size, open_count = (
-                int(content[k]) for k in ("prefix", "n_groups", "group_size", "open_count")
-            )
-            if n_groups * size + open_count != prefix or prefix < 0:
-                raise ValueError(f"it counts {n_groups} groups of {size} and {open_count} more for a prefix of {prefix}")
+            prefix = int(content["prefix"])
             moments = {}
-            for k, name in enumerate(names):
-                sums = {field: content[f"m{k}_{field}"] for field in MOMENT_FIELDS}
-                open_sums = (content[f"m{k}_open_y"], content[f"m{k}_open_yy"]) if open_count else None
-                if not all(np.isfinite(v).all() for v in [*sums.values(), *(open_sums or ())]):
+            for k, name in enumerate(self._jobs[key]["statistics"]):
+                arrays = {field[len(f"m{k}_"):]: v for field, v in content.items() if field.startswith(f"m{k}_")}
+                if not all(np.isfinite(v).all() for v in arrays.values()):
                     raise ValueError(f"statistic {name!r} holds NaN or inf")
-                moments[name] = GroupMoments.from_state(size, n_groups, sums, open_count, open_sums)
-        except (KeyError, ValueError) as err:
+                moments[name] = kind.from_arrays(arrays)
+                if moments[name].n_evals != prefix:
+                    raise ValueError(f"statistic {name!r} counts {moments[name].n_evals} evaluations for a prefix of {prefix}")
+        except (KeyError, ValueError, TypeError) as err:
             raise ValueError(
                 f"state file {str(file)!r} is damaged or does not belong here ({err}); delete it (and the job's "
                 "blocks beyond it are refolded, or recomputed)"
