@@ -161,7 +161,7 @@ def test_a_replicate_split_across_blocks_resumes_mid_replicate(tmp_path):
     store = tmp_path / "s"
     _killed_run(store, "mcdiff.estimate(CountingSampler(kill_at={kill}), store={store!r}, draws='none', **RQMC)", 10)
     state = np.load(store / "jobs" / "rqmc" / "state.npz")
-    assert int(state["prefix"]) == 9 * 16 and int(state["open_count"]) == 9 * 16 - 2 * 64
+    assert int(state["prefix"]) == 9 * 16 and int(state["m0_open_count"]) == 9 * 16 - 2 * 64
     sampler = CountingSampler()
     resumed = mcdiff.estimate(sampler, store=store, draws="none", **RQMC)
     assert sampler.evaluated == 1024 - 9 * 16
