@@ -74,15 +74,37 @@ def label(name: str) -> str:
     }.get(name, f"model `{name}`")
 
 
-def widths(sampler, n_evals: int, seeds: int, batch_size: int) -> np.ndarray:
-    """Mean CI width over components, array ``(seed, design, column)``."""
+def widths(sampler, n_evals: int, seeds: int, batch_size: int, cache: Path | None = None,
+           key: str = "") -> np.ndarray:
+    """Mean CI width over components, array ``(seed, design, column)``.
+
+    With ``cache`` (an ``.npz`` file), each seed's widths are written there as soon as they are
+    computed and seeds already there (under the same ``key``: model, N, steps) are read back
+    instead of recomputed, so a long run that is stopped resumes where it was, and more seeds
+    can be added later.
+    """
+    stored = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache) as data:
+            if str(data["key"]) != key:
+                sys.exit(f"{cache} holds widths of {str(data['key'])!r}, not {key!r}")
+            stored = {int(s): data["widths"][i] for i, s in enumerate(data["seeds"])}
     out = np.empty((seeds, len(DESIGNS), len(COLUMNS)))
     for seed in range(seeds):
+        if seed in stored:
+            out[seed] = stored[seed]
+            continue
         summary = mcdiff.estimate(sampler, list(COLUMNS.values()), DESIGNS, n_evals=n_evals, seed=seed,
                                   batch_size=batch_size, progress=False)["summary"]
         for j, stat in enumerate(COLUMNS.values()):
             width = summary[stat].sel(summary="ci_width")
             out[seed, :, j] = width.mean([d for d in width.dims if d != "design"]).sel(design=list(DESIGNS))
+        print(f"seed {seed} done", flush=True)
+        if cache is not None:
+            stored[seed] = out[seed]
+            order = sorted(stored)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, key=key, seeds=np.array(order), widths=np.array([stored[s] for s in order]))
     return out
 
 
@@ -159,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="directory of per-seed widths (<table>_<model>_widths.npz): a stopped run "
+                        "resumes, and --seeds can grow later without recomputing the seeds there")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -168,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     sections = []
     for name in args.models:
         t0 = time.perf_counter()
-        w = widths(model(name, args.steps), args.n_evals, args.seeds, args.batch_size)
+        cache = None if args.cache is None else args.cache / f"{args.table}_{Path(name).name}_widths.npz"
+        key = f"{name} n={args.n_evals} steps={args.steps} designs={','.join(DESIGNS)} mcdiff {mcdiff_version()}"
+        w = widths(model(name, args.steps), args.n_evals, args.seeds, args.batch_size, cache, key)
         rows, winners, eff = tables(w)
         settings = (f"{args.n_evals} evaluations per design, seeds 0–{args.seeds - 1}, "
                     f"{time.perf_counter() - t0:.0f} s.")
