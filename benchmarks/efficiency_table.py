@@ -21,6 +21,10 @@ training snapshot). Writes ``results/<table>.md`` and, per learned model,
     python benchmarks/efficiency_table.py                    # N = 1024, 8 seeds (3–5 min on 2 shared cores)
     python benchmarks/efficiency_table.py -n 256 --seeds 2   # a quick check
     python benchmarks/efficiency_table.py --models photos -n 256 --seeds 4 --table efficiency_photos
+
+With ``--cache DIR`` each seed's widths are kept in ``DIR`` as soon as they are computed, so a
+stopped run resumes and seeds can be added later (``--first-seed 2 --seeds 2`` now, ``--seeds 4``
+later computes only seeds 0 and 1).
 """
 
 from __future__ import annotations
@@ -74,15 +78,37 @@ def label(name: str) -> str:
     }.get(name, f"model `{name}`")
 
 
-def widths(sampler, n_evals: int, seeds: int, batch_size: int) -> np.ndarray:
-    """Mean CI width over components, array ``(seed, design, column)``."""
+def widths(sampler, n_evals: int, seeds: int, batch_size: int, cache: Path | None = None,
+           key: str = "", first_seed: int = 0) -> np.ndarray:
+    """Mean CI width over components, array ``(seed, design, column)``, seeds ``first_seed ..``.
+
+    With ``cache`` (an ``.npz`` file), each seed's widths are written there as soon as they are
+    computed and seeds already there (under the same ``key``: model, N, steps) are read back
+    instead of recomputed, so a long run that is stopped resumes where it was, and more seeds
+    can be added later.
+    """
+    stored = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache) as data:
+            if str(data["key"]) != key:
+                sys.exit(f"{cache} holds widths of {str(data['key'])!r}, not {key!r}")
+            stored = {int(s): data["widths"][i] for i, s in enumerate(data["seeds"])}
     out = np.empty((seeds, len(DESIGNS), len(COLUMNS)))
-    for seed in range(seeds):
+    for i, seed in enumerate(range(first_seed, first_seed + seeds)):
+        if seed in stored:
+            out[i] = stored[seed]
+            continue
         summary = mcdiff.estimate(sampler, list(COLUMNS.values()), DESIGNS, n_evals=n_evals, seed=seed,
                                   batch_size=batch_size, progress=False)["summary"]
         for j, stat in enumerate(COLUMNS.values()):
             width = summary[stat].sel(summary="ci_width")
-            out[seed, :, j] = width.mean([d for d in width.dims if d != "design"]).sel(design=list(DESIGNS))
+            out[i, :, j] = width.mean([d for d in width.dims if d != "design"]).sel(design=list(DESIGNS))
+        print(f"seed {seed} done", flush=True)
+        if cache is not None:
+            stored[seed] = out[i]
+            order = sorted(stored)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, key=key, seeds=np.array(order), widths=np.array([stored[s] for s in order]))
     return out
 
 
@@ -152,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--n-evals", type=int, default=1024, help="evaluations per design (16 · 2^m)")
     parser.add_argument("--seeds", type=int, default=8, help="repeats with seeds 0 .. S-1 (default 8)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="start at this seed: seeds F .. F+S-1 (with --cache, to add seeds to a run)")
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
     parser.add_argument("--models", nargs="+", default=["digits", "gaussian"],
                         help="digits, photos, gaussian or model directories (default digits gaussian)")
@@ -159,18 +187,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="directory of per-seed widths (<model>_n<N>_ddim<steps>_widths.npz): a stopped run "
+                        "resumes, and --seeds can grow later without recomputing the seeds there")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.seeds < 1 or args.first_seed < 0:
+        parser.error(f"--seeds must be >= 1 and --first-seed >= 0, got {args.seeds} and {args.first_seed}")
     torch.set_num_threads(args.threads)
     command = "python benchmarks/efficiency_table.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     sections = []
     for name in args.models:
         t0 = time.perf_counter()
-        w = widths(model(name, args.steps), args.n_evals, args.seeds, args.batch_size)
+        cache = None if args.cache is None else args.cache / f"{Path(name).name}_n{args.n_evals}_ddim{args.steps}_widths.npz"
+        key = f"{name} n={args.n_evals} steps={args.steps} designs={','.join(DESIGNS)} mcdiff {mcdiff_version()}"
+        w = widths(model(name, args.steps), args.n_evals, args.seeds, args.batch_size, cache, key, args.first_seed)
         rows, winners, eff = tables(w)
-        settings = (f"{args.n_evals} evaluations per design, seeds 0–{args.seeds - 1}, "
+        last = args.first_seed + args.seeds - 1
+        settings = (f"{args.n_evals} evaluations per design, seeds {args.first_seed}–{last}, "
                     f"{time.perf_counter() - t0:.0f} s.")
         sections += [f"## {label(name)}, DDIM {args.steps} steps", "", settings, "", *rows, "", *winners, ""]
         if name != "gaussian":

@@ -21,6 +21,8 @@ driven by brightness. Writes ``results/multifidelity_<model>.md`` (with ``--tag 
 
     python benchmarks/multifidelity.py                          # the bundled digits model
     python benchmarks/multifidelity.py --model gaussian         # the analytic model (probit output)
+    python benchmarks/multifidelity.py --model photos --methods mlmc --fidelities UniPCMultistepScheduler:8 50 \
+        --designs amc --budget-nfe 3200 --repeats 2 --pilot 16   # the photos model, reduced (~20 min on one core)
     python benchmarks/multifidelity.py --quick                  # a small configuration, 1-2 minutes
     python benchmarks/multifidelity.py --methods mlmc --fidelities 12 50 --designs amc-rqmc --tag best
     python benchmarks/multifidelity.py --tracking                # how closely coarse candidates track the fine level
@@ -69,16 +71,16 @@ QUICK = [("mlmc", ((UNIPC, 8), 50), ["amc", "rqmc"]), ("cv", (12, 50), ["rqmc"])
 
 
 def load_sampler(model: str, steps: int, device: str | None) -> mcdiff.DiffusionSampler:
-    """The bundled digits model, or a probit-output Gaussian model with a bright off-centre blob."""
+    """A bundled model (digits, photos), or a probit-output Gaussian model with a bright off-centre blob."""
     if model == "gaussian":
         y, x = np.mgrid[0:16, 0:16] / 15.0
         mean = 0.2 + 0.6 * np.exp(-((y - 0.35) ** 2 + (x - 0.6) ** 2) / 0.08)
         return mcdiff.GaussianSampler(mean=mean[None], std=0.3, image_shape=(1, 16, 16),
                                       num_inference_steps=steps, output="probit")
-    if model == "digits":
+    if model in ("digits", "photos"):
         kwargs = {"device": device} if device else {}
-        return mcdiff.bundled_model("digits", num_inference_steps=steps, **kwargs)
-    sys.exit(f"--model must be 'digits' or 'gaussian', got {model!r}")
+        return mcdiff.bundled_model(model, num_inference_steps=steps, **kwargs)
+    sys.exit(f"--model must be 'digits', 'photos' or 'gaussian', got {model!r}")
 
 
 TRACKING = [("DDIMScheduler", 12), ("DDIMScheduler", 8), ("DPMSolverMultistepScheduler", 5),
@@ -266,7 +268,7 @@ def write_tracking(args, command: str, start: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="digits", help="'digits' (bundled) or 'gaussian' (analytic)")
+    parser.add_argument("--model", default="digits", help="'digits' or 'photos' (bundled) or 'gaussian' (analytic)")
     parser.add_argument("--budget-nfe", type=int, default=None, help="NFE per estimator and repeat (30000)")
     parser.add_argument("--pilot", type=int, default=None, help="pilot evaluations per level (32)")
     parser.add_argument("--repeats", type=int, default=None, help="seeds averaged per estimator (4)")
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --methods: design names, or one per level joined by '/' (rqmc/amc)")
     parser.add_argument("--tag", default=None, help="output file multifidelity_<model>_<tag>.md")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default=None, help="for the digits model, e.g. cuda")
+    parser.add_argument("--device", default=None, help="for a bundled model, e.g. cuda")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     for name, full, quick in [("budget_nfe", 30_000, 6000), ("repeats", 4, 2), ("pilot", 32, 16)]:

@@ -40,6 +40,13 @@ grows; on a GPU, ``torch.cuda.max_memory_allocated``), after imports and a warm-
 
     python benchmarks/throughput.py                              # CPU: small 32x32 UNet, 1 thread
     python benchmarks/throughput.py --config cifar10 --batch 256 # GPU: CIFAR-10 DDPM's UNet config
+    python benchmarks/throughput.py --config photos --batch 8 --ddim-batches 1 --ddpm-steps 200
+                                                                 # the bundled photos model's trained UNet
+
+``--config photos`` times the trained UNet of the bundled photos model
+(``mcdiff.load_model("photos").unet``, 2.5M parameters, attention at 16x16) under DDIM and DDPM
+schedulers made from its own scheduler config; the other configs are random-weight UNets
+under diffusers' default linear schedule.
 """
 
 from __future__ import annotations
@@ -81,6 +88,17 @@ CONFIGS = {
     },
 }
 RUNS = (("DDIM", DDIMScheduler, 50), ("DDPM", DDPMScheduler, 1000))
+PHOTOS = "photos"
+"""The ``--config`` that times the bundled photos model's trained UNet instead of a random one."""
+
+
+def _scheduler_factory(config: str, scheduler_class):
+    """``scheduler_class`` itself, or for ``photos`` one made from the bundled model's scheduler config."""
+    if config != PHOTOS:
+        return scheduler_class
+    import mcdiff
+
+    return partial(scheduler_class.from_config, mcdiff.load_model(PHOTOS).scheduler.config)
 IDLE_BATCHES = 4
 """Batches per run with the idle network: batch ``k + 1``'s Sobol' points are made while ``k`` runs."""
 BLOCKS = 20
@@ -179,6 +197,13 @@ def paired_overhead(ours: np.ndarray, plain: np.ndarray, blocks: int = BLOCKS) -
 
 
 def _unet(config: str, size: int, device: torch.device, dtype: torch.dtype) -> UNet2DModel:
+    if config == PHOTOS:
+        import mcdiff
+
+        unet = mcdiff.load_model(PHOTOS).unet.eval()
+        if unet.config.sample_size != size:
+            sys.exit(f"--config photos is a {unet.config.sample_size}x{unet.config.sample_size} model, got --size {size}")
+        return unet.to(device=device, dtype=dtype)
     torch.manual_seed(0)  # random weights: the cost of a forward pass does not depend on them
     unet = UNet2DModel(sample_size=size, in_channels=3, out_channels=3, **CONFIGS[config]).eval()
     return unet if (device.type, dtype) == ("cpu", torch.float32) else unet.to(device=device, dtype=dtype)
@@ -316,7 +341,8 @@ def _passed(args) -> list[str]:
 def memory_child(args, steps: int) -> None:
     """Run ``evaluate_design`` on DDPM at ``steps`` after a warm-up; print the peak memory in MB."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    sampler = DiffusionSampler(_unet(args.config, args.size, device, dtype), DDPMScheduler(), steps)
+    scheduler = _scheduler_factory(args.config, DDPMScheduler)(num_train_timesteps=1000)
+    sampler = DiffusionSampler(_unet(args.config, args.size, device, dtype), scheduler, steps)
     run = partial(evaluate_design, sampler, [brightness], get_design("amc-rqmc"), 32 * args.batch, 0, args.batch)
     run(stop=2 * (args.batch // 2))  # warm-up batch
     if device.type == "cuda":
@@ -330,7 +356,8 @@ def memory_child(args, steps: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="small", choices=list(CONFIGS), help="UNet (default small)")
+    parser.add_argument("--config", default="small", choices=[*CONFIGS, PHOTOS],
+                        help="UNet (default small; photos: the bundled photos model's trained UNet)")
     parser.add_argument("--size", type=int, default=32, help="image side (default 32)")
     parser.add_argument(
         "--batch", type=int, default=16, help="evaluations per batch: 4 times a power of 2 (default 16)"
@@ -365,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         f"malloc {'keeps freed memory' if kept else 'defaults'}"
     )
     idle = IdleNetwork(device, dtype, args.idle_ms / 1e3) if device.type == "cpu" and args.idle_ms else None
-    _lockstep(args, unet, DDIMScheduler, 5, 1, None)  # warm-up: every loop once
+    _lockstep(args, unet, _scheduler_factory(args.config, DDIMScheduler), 5, 1, None)  # warm-up: every loop once
     columns = {"overhead": {}, "one thread": {}, "idle-net": {}}
     header = (
         f"{'sampler':<10} {'design':<11} {'plain ms/eval':>14} {'mcdiff ms/eval':>15} {'overhead ± SE':>16} "
@@ -375,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     for label, scheduler_class, steps in RUNS:
         steps = args.ddpm_steps if label == "DDPM" else steps
         name, batches = f"{label} {steps}", (args.ddim_batches if label == "DDIM" else 1)
+        scheduler_class = _scheduler_factory(args.config, scheduler_class)
         started = time.perf_counter()
         runs = {
             "overhead": _lockstep(args, unet, scheduler_class, steps, batches, None),
