@@ -1,9 +1,10 @@
 """Sampling cost: mcdiff's runner beside a plain diffusers loop, and what its noise costs alone.
 
 For DDIM 50 steps and DDPM 1000 steps on one UNet, batch and device, every design (mc, amc,
-rqmc, amc-rqmc) runs the full evaluation path of :func:`mcdiff.blocks.evaluate_design`: noise
-generated on the sampler's device step by step from ``(seed, design, address, component,
-step)``, the sampler, and a statistic (each image's brightness). The plain side is what a
+rqmc, amc-rqmc) runs the full evaluation path: noise generated on the sampler's device step by
+step from ``(seed, design, address, component, step)``, the sampler, a statistic (each image's
+brightness) and, in the ``overhead`` rows, the runner's loop around it (``mcdiff.estimate``:
+blocks through the executor, the streaming accumulation in address order). The plain side is what a
 diffusers user writes: ``torch.randn`` with a generator, ``unet`` + ``scheduler.step`` in a
 loop (DDPM draws its step noise inside ``step``), the mean of each image.
 
@@ -21,8 +22,9 @@ from the paired differences over :data:`BLOCKS` contiguous blocks of turns.
   while other loops have the turn and slows them (shared cache and memory), so what it
   costs is partly charged to them: ``plain again`` shows how much; ``one thread`` has no
   such leak.
-- ``one thread``: the same with ``prefetch=False``, every noise draw made on the sampler's
-  thread when it is needed: all of mcdiff's work is inside its own turns.
+- ``one thread``: :func:`mcdiff.blocks.evaluate_design` with ``prefetch=False``, every noise
+  draw made on the sampler's thread when it is needed: all of mcdiff's work is inside its own
+  turns (without the runner's accumulation).
 - ``idle-net`` (CPU only): a network that sleeps ``--idle-ms`` per call and then costs
   nothing, a stand-in for a network that runs on a GPU and leaves the CPU free; mcdiff's
   noise is then made ahead while the network runs. Each loop runs :data:`IDLE_BATCHES`
@@ -68,6 +70,7 @@ from memory_and_dask import peak_rss_mb  # a script beside this one
 from mcdiff.blocks import evaluate_design
 from mcdiff.designs import DESIGN_NAMES, SobolRQMC, get_design
 from mcdiff.functionals import brightness
+from mcdiff.runner import estimate
 from mcdiff.samplers import DiffusionSampler
 from mcdiff.samplers.diffusion import default_device
 
@@ -299,7 +302,11 @@ def _lockstep(args, network, scheduler_class, steps, batches, prefetch) -> dict[
             lockstep.network(i, network), scheduler_class(num_train_timesteps=1000), steps,
             image_shape=shape, device=device, dtype=dtype,
         )
-        loops.append(partial(evaluate_design, sampler, [brightness], design, n, 0, args.batch, prefetch=prefetch))
+        if prefetch is None:  # mcdiff's defaults, as a user runs it: the runner's loop, accumulation included
+            loops.append(partial(estimate, sampler, [brightness], [design], n_evals=n, seed=0, batch_size=args.batch,
+                                 progress=False, draws="none"))
+        else:
+            loops.append(partial(evaluate_design, sampler, [brightness], design, n, 0, args.batch, prefetch=prefetch))
     return dict(zip(("plain", "plain again", *DESIGN_NAMES), lockstep.run(loops)))
 
 
