@@ -84,10 +84,10 @@ efficiency column, a ratio of variances, does not show this.
 
 def pilot_thresholds(sampler, stat, component, pilot_n: int, args) -> tuple[float, float]:
     """The 0.9 and 0.99 quantiles of an MC pilot run, to 3 significant digits."""
+    target = Quantiles(name(stat), (0.9, 0.99), component=component)
     result = mcdiff.estimate(sampler, [stat], ["mc"], n_evals=pilot_n, seed=args.pilot_seed,
-                             batch_size=args.batch_size, progress=False,
-                             targets=[Quantiles(name(stat), (0.9, 0.99), component=component)])
-    values = result["targets"][f"{name(stat)}_quantiles"].sel(design="mc", target_summary="estimate").values
+                             batch_size=args.batch_size, progress=False, targets=[target])
+    values = result["targets"][target.name].sel(design="mc", target_summary="estimate").values
     return tuple(float(f"{v:.3g}") for v in values)
 
 

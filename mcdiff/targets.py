@@ -504,12 +504,17 @@ def _label(number: float) -> str:
     return f"{number:g}"
 
 
+def _of(statistic: str, component: int | None) -> str:
+    """``"brightness"`` or ``"inpainting_error_1"``: how a target's name refers to its statistic (and component)."""
+    return statistic if component is None else f"{statistic}_{component}"
+
+
 def Quantiles(statistic: str, levels, method: str = "pooled", component: int | None = None) -> Target:  # noqa: N802
     """Quantiles ``q_p`` of ``statistic`` at ``levels`` (:func:`quantiles`); ``/targets/{statistic}_quantiles``."""
     levels = tuple(float(p) for p in check_levels(levels))
     if method not in QUANTILE_METHODS:
         raise ValueError(f"quantile method must be one of {QUANTILE_METHODS}, got {method!r}")
-    return Target("quantiles", (statistic,), f"{statistic}_quantiles", (("levels", levels), ("method", method)), component)
+    return Target("quantiles", (statistic,), f"{_of(statistic, component)}_quantiles", (("levels", levels), ("method", method)), component)
 
 
 def Exceedance(  # noqa: N802
@@ -520,14 +525,14 @@ def Exceedance(  # noqa: N802
         raise ValueError(f"interval must be one of {INTERVALS}, got {interval!r}")
     if not np.isfinite(threshold):
         raise ValueError(f"an exceedance threshold must be a finite number, got {threshold!r}")
-    name = f"P_{statistic}_{'gt' if above else 'lt'}_{_label(threshold)}"
+    name = f"P_{_of(statistic, component)}_{'gt' if above else 'lt'}_{_label(threshold)}"
     options = (("threshold", float(threshold)), ("above", bool(above)), ("interval", interval))
     return Target("exceedance", (statistic,), name, options, component)
 
 
 def Spread(statistic: str, component: int | None = None) -> Target:  # noqa: N802
     """Variance and standard deviation of ``statistic`` over generated images (:func:`spread`)."""
-    return Target("spread", (statistic,), f"{statistic}_spread", (("levels", ("variance", "std")),), component)
+    return Target("spread", (statistic,), f"{_of(statistic, component)}_spread", (("levels", ("variance", "std")),), component)
 
 
 def Mean(statistic: str, interval: str = "t", bounds=None, component: int | None = None) -> Target:  # noqa: N802
@@ -539,7 +544,7 @@ def Mean(statistic: str, interval: str = "t", bounds=None, component: int | None
             f"the {interval} interval holds for bounded values only: give bounds=(lo, hi) for statistic {statistic!r}"
         )
     bounds = None if bounds is None else (float(bounds[0]), float(bounds[1]))
-    return Target("mean", (statistic,), f"{statistic}_mean_{interval}", (("interval", interval), ("bounds", bounds)), component)
+    return Target("mean", (statistic,), f"{_of(statistic, component)}_mean_{interval}", (("interval", interval), ("bounds", bounds)), component)
 
 
 def Ratio(numerator: str, denominator: str) -> Target:  # noqa: N802

@@ -96,10 +96,16 @@ def test_the_cli_estimates_targets_and_saves_them(tmp_path, capsys):
                  "--quantiles", "0.25", "0.75", "--exceed", "brightness>0.5", "centroid[1]<0.5", "--interval",
                  "betting", "--spread", "-o", str(tmp_path / "r.nc")])
     printed = capsys.readouterr().out
-    assert code == 0 and "brightness_quantiles 0.25" in printed and "P_centroid_lt_0.5" in printed
+    assert code == 0 and "brightness_quantiles 0.25" in printed and "P_centroid_1_lt_0.5" in printed
     saved = mcdiff.load_result(tmp_path / "r.nc")["targets"]
-    assert set(saved.data_vars) == {"brightness_quantiles", "P_brightness_gt_0.5", "P_centroid_lt_0.5", "brightness_spread"}
-    assert saved["P_centroid_lt_0.5"].attrs["interval"] == "betting"
+    assert set(saved.data_vars) == {"brightness_quantiles", "P_brightness_gt_0.5", "P_centroid_1_lt_0.5", "brightness_spread"}
+    assert saved["P_centroid_1_lt_0.5"].attrs["interval"] == "betting" and saved["P_centroid_1_lt_0.5"].attrs["component"] == 1
+
+
+def test_two_components_of_one_statistic_are_two_targets(model):
+    both = [Quantiles("pixel_mean", [0.5], component=0), Quantiles("pixel_mean", [0.5], component=5)]
+    result = mcdiff.estimate(model, ["pixel_mean"], ["mc"], n_evals=64, progress=False, targets=both)
+    assert set(result["targets"].data_vars) == {"pixel_mean_0_quantiles", "pixel_mean_5_quantiles"}
 
 
 def test_a_degenerate_interval_warns_and_reports_no_infinite_efficiency(model):
