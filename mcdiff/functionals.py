@@ -345,7 +345,9 @@ def exact_law(model, statistic: str | Statistic | Callable) -> StatisticLaw:
     diag(std_k^2) + F_k F_k^T)`` (``model.output_mixture()``): at the sampler's own step
     count for :class:`~mcdiff.samplers.gaussian.GaussianSampler` (its map is affine), in
     the limit of the sampler (the data) for
-    :class:`~mcdiff.samplers.mixture.GaussianMixtureSampler`. A linear statistic
+    :class:`~mcdiff.samplers.mixture.GaussianMixtureSampler`, whose finite-step answers are a
+    recorded reference run (:meth:`~mcdiff.samplers.mixture.GaussianMixtureSampler.reference_answers`,
+    with standard errors), not closed form. A linear statistic
     ``f(Y) = f(0) + L Y`` is then, component by component, a normal mixture with::
 
         m_kj   = f_j(mean_k)

@@ -4,6 +4,9 @@ Statistical checks use fixed seeds (so each outcome is deterministic) and state 
 that they would fail for a correct implementation.
 """
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -261,3 +264,68 @@ def test_every_design_covers_the_exact_answer_on_the_preset(coverage_hits, stat,
     fast check can fail for a correct design only with a few per cent chance at worst.
     """
     assert abs(coverage_hits[stat, design] - 0.95) < 0.045, coverage_hits[stat, design]
+
+
+def reference_script():
+    """``statistics/mixture_reference.py``, loaded by path (``statistics`` is no package)."""
+    path = Path(__file__).parents[1] / "statistics" / "mixture_reference.py"
+    spec = importlib.util.spec_from_file_location("mcdiff_statistics_mixture_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_recorded_reference_agrees_with_a_fresh_run_and_not_with_the_limit_law():
+    """Every recorded answer (mean, variance, sd, 9 quantiles, 5 exceedances; brightness and
+    pixel 36) within 5 combined SE of a fresh 2^14-evaluation run of the same script (64
+    antithetic-RQMC replicates, another seed).
+
+    Each z is about t with 63 degrees of freedom: P(|t_63| > 5) ~ 5e-6, so the 34 checks
+    fail falsely with a chance below 2e-4 (the rare exceedances, 20-40 events, have
+    heavier tails; over seeds 1-8 the largest |z| was 3.05, the RMS 0.8-1.4). The fresh run
+    also rejects the limit law (the data): the 10-step variance of brightness is 41% below
+    it (z -35 to -49 over those seeds, asserted below -20), so a reference that recorded the
+    limit would fail here. About 2 s on one idle thread.
+    """
+    script = reference_script()
+    sampler = GaussianMixtureSampler.preset("digits", num_inference_steps=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fresh, limits, _ = script.measure(10, 2**14, 64, seed=1)
+    finally:
+        torch.set_num_threads(threads)
+    for name, answers in fresh.items():
+        recorded = sampler.reference_answers(name)
+        assert recorded["n_evals"] == 2**22 and recorded["component"] == answers["component"]
+        np.testing.assert_array_equal(recorded["thresholds"], answers["thresholds"])
+        for key, se_key in [("quantiles", "quantiles_se"), ("exceedance", "exceedance_se")]:
+            z = (np.asarray(answers[key]) - recorded[key]) / np.hypot(answers[se_key], recorded[se_key])
+            assert np.abs(z).max() < 5, (name, key, z)
+        for key in ("mean", "variance", "std"):
+            (a, s), (r, q) = answers[key], recorded[key]
+            assert abs(a - r) < 5 * np.hypot(s, q), (name, key, a, r)
+    variance, se = fresh["brightness"]["variance"]
+    assert (variance - limits["brightness"]["variance"]) / se < -20
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_inference_steps": 12}, "no reference recorded at 12 steps; recorded: 10"),
+        ({"eta": 1.0}, "recorded only for"),
+        ({"output": "probit"}, "recorded only for"),
+        ({"scheduler": "DDPMScheduler"}, "recorded only for"),
+        ({"rank": 2}, "recorded only for"),
+    ],
+)
+def test_reference_answers_refuse_what_was_not_recorded(kwargs, message):
+    kwargs = {"num_inference_steps": 10, **kwargs}
+    sampler = GaussianMixtureSampler(**digits_mixture(rank=kwargs.pop("rank", 4)), **kwargs)
+    with pytest.raises(ValueError, match=message):
+        sampler.reference_answers()
+
+
+def test_reference_answers_name_the_recorded_statistics():
+    with pytest.raises(ValueError, match="no reference for statistic 'contrast'; recorded: brightness, pixel_mean_36"):
+        GaussianMixtureSampler.preset("digits", num_inference_steps=10).reference_answers("contrast")

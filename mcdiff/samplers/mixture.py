@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +20,9 @@ from mcdiff.validation import is_integer
 
 PRESETS = ("digits",)
 """Names accepted by :meth:`GaussianMixtureSampler.preset`."""
+
+REFERENCE_FILE = Path(__file__).parent / "mixture_reference.json"
+"""Answers of the preset's finite-step law recorded by ``statistics/mixture_reference.py``."""
 
 
 class GaussianMixtureScore(torch.nn.Module):
@@ -298,7 +303,8 @@ class GaussianMixtureSampler(DiffusionSampler):
         ``Y ~ sum_k pi_k N(mean_k, diag(std_k^2) + F_k F_k^T)``, image units. The sampler's
         map is not affine, so a finite step count differs from it by its discretisation bias
         (brightness: -4.9e-4 at 20 DDIM steps, ``benchmarks/results/mixture_bias.md``); no
-        closed form gives the finite-step law. :func:`mcdiff.functionals.exact_law` reads it.
+        closed form gives the finite-step law, whose answers :meth:`reference_answers` records
+        from a large RQMC run. :func:`mcdiff.functionals.exact_law` reads this limit law.
 
         Returns
         -------
@@ -307,6 +313,56 @@ class GaussianMixtureSampler(DiffusionSampler):
             ``factors (K, r, C, H, W)``.
         """
         return {"weights": self.weights, "means": self.means, "stds": self.stds, "factors": self.factors}
+
+    def reference_answers(self, statistic: str = "brightness") -> dict:
+        """Recorded answers of the *finite-step* law, from a large run: a reference, not closed form.
+
+        ``statistics/mixture_reference.py`` estimated them once with antithetic RQMC over
+        2^22 evaluations (``statistics/results/mixture_reference.md``: command, design, timing)
+        for the ``"digits"`` preset with DDIM (eta 0), the affine output and its default
+        parameters, at 10 steps (the step counts of ``mixture_reference.json`` beside this
+        module, which this reads: nothing is recomputed). Each answer ``a`` comes with its
+        standard error ``s`` over 64 replicates: the truth lies in ``a ± 4 s`` but for a
+        chance of about 2e-4 (``P(|t_63| > 4)``).
+
+        Parameters
+        ----------
+        statistic : str
+            ``"brightness"`` or ``"pixel_mean_36"`` (pixel (4, 4), flattened component 36 of
+            ``pixel_mean``: a bimodal law, digit 0 has no ink there).
+
+        Returns
+        -------
+        dict
+            ``statistic``, ``component`` (``None`` or the flattened index), ``n_evals``,
+            ``design``; ``mean``, ``variance``, ``std``, each ``(estimate, std_error)``;
+            ``levels (L,)``, ``quantiles (L,)``, ``quantiles_se (L,)``; ``thresholds (M,)``,
+            ``exceedance (M,)`` (``P(f > c)``), ``exceedance_se (M,)``.
+        """
+        recorded = json.loads(REFERENCE_FILE.read_text())
+        preset = digits_mixture()
+        same = all(getattr(self, k).shape == v.shape and np.allclose(getattr(self, k), v, rtol=1e-12, atol=0)
+                   for k, v in preset.items())
+        if not (same and type(self.scheduler).__name__ == "DDIMScheduler" and self.eta == 0 and self.output == "affine"):
+            raise ValueError(
+                "reference answers are recorded only for GaussianMixtureSampler.preset('digits') with DDIM "
+                "(eta 0) and the affine output"
+            )
+        at_steps = recorded["steps"].get(str(self.num_inference_steps))
+        if at_steps is None:
+            raise ValueError(
+                f"no reference recorded at {self.num_inference_steps} steps; recorded: {', '.join(recorded['steps'])} "
+                "(statistics/mixture_reference.py --steps N adds one)"
+            )
+        if statistic not in at_steps["statistics"]:
+            raise ValueError(f"no reference for statistic {statistic!r}; recorded: {', '.join(at_steps['statistics'])}")
+        answers = at_steps["statistics"][statistic]
+        pairs = ("mean", "variance", "std")
+        return {
+            "n_evals": at_steps["n_evals"],
+            "design": recorded["design"],
+            **{k: tuple(v) if k in pairs else np.asarray(v) if isinstance(v, list) else v for k, v in answers.items()},
+        }
 
     def expected_image(self) -> torch.Tensor:
         """Exact ``E[image]`` ``(C, H, W)`` of the sampler's limit (the data distribution).
