@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> None:
         allocation.append(f"| {label} | {' / '.join(f'{r:.2f}' for r in rates)} | "
                           f"{' / '.join(f'{n:.0f}' for n in used)} | {' / '.join(f'{n:.0f}' for n in best)} | "
                           f"{ratio:.3f} |")
+    if not info["allocation"]:
+        allocation = ["No estimator qualifies: a level's final run had no more evaluations than its pilot."]
     seeds = f"seeds {args.first_seed}–{args.first_seed + args.repeats - 1}"
     text = "\n".join([
         f"# Multi-fidelity efficiency per NFE: {args.model}", "", f"`{command}`", "",
