@@ -1,7 +1,7 @@
 """Discretisation bias of DDIM on the Gaussian-mixture preset against the exact answer.
 
 The mixture's score is exact, so what a finite step count gets wrong is the sampler's own
-discretisation (plus the schedule's end points: DDIM starts from N(0, I) at its first
+discretisation (plus the schedule's end points: DDIM starts from ``sqrt(a_T) E[x_0] + z`` at its first
 timestep and returns the denoised estimate at t = 0). For each step count the script runs one
 large antithetic-RQMC estimate (``SobolRQMC(16, antithetic=True)``, the design with the
 smallest standard error here) of
