@@ -80,6 +80,7 @@ BENCHMARKS = (
               ("-n", "128", "--seeds", "2", "--output", OUTPUT), None),
     Benchmark("photos_quality", ("-n", "256", "--output", OUTPUT),
               ("-n", "16", "--steps", "4", "--output", OUTPUT), None),
+    Benchmark("photos_fp16", ("--output", OUTPUT), ("-n", "8", "--steps", "4", "--output", OUTPUT), 85),
     Benchmark("targets_table", ("--output", OUTPUT),
               ("-n", "64", "--dps-n", "64", "--seeds", "2", "--pilot-n", "128", "--steps", "5", "--output", OUTPUT),
               782),
