@@ -96,9 +96,9 @@ def measure(steps: int, n_evals: int, replicates: int, seed: int) -> tuple[dict,
     return answers, limits, seconds
 
 
-def z_cells(estimates, errors, limits) -> list[str]:
-    """``estimate ± SE (z vs the limit)`` cells."""
-    return [f"{e:.6g} ± {s:.1e} ({(e - x) / s:+.1f})" for e, s, x in zip(estimates, errors, limits)]
+def z_cell(estimate: float, error: float, limit: float) -> str:
+    """An ``estimate ± SE (z vs the limit)`` cell."""
+    return f"{estimate:.6g} ± {error:.1e} ({(estimate - limit) / error:+.1f})"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,18 +132,14 @@ def main(argv: list[str] | None = None) -> None:
         text += [f"## {steps} DDIM steps ({seconds:.0f} s)", ""]
         for name, a in answers.items():
             lim = limits[name]
-            rows = [("mean", *z_cells([a["mean"][0]], [a["mean"][1]], [lim["mean"]])),
-                    ("variance", *z_cells([a["variance"][0]], [a["variance"][1]], [lim["variance"]])),
-                    ("std", *z_cells([a["std"][0]], [a["std"][1]], [np.sqrt(lim["variance"])]))]
-            rows += [(f"quantile {p:g}", cell) for p, cell in
-                     zip(LEVELS, z_cells(a["quantiles"], a["quantiles_se"], lim["quantiles"]))]
-            rows += [(f"P(f > {c:g})", cell) for c, cell in
-                     zip(a["thresholds"], z_cells(a["exceedance"], a["exceedance_se"], lim["exceedance"]))]
+            rows = [("mean", *a["mean"], lim["mean"]), ("variance", *a["variance"], lim["variance"]),
+                    ("std", *a["std"], np.sqrt(lim["variance"]))]
+            rows += [(f"quantile {p:g}", *cell) for p, *cell in
+                     zip(LEVELS, a["quantiles"], a["quantiles_se"], lim["quantiles"])]
+            rows += [(f"P(f > {c:g})", *cell) for c, *cell in
+                     zip(a["thresholds"], a["exceedance"], a["exceedance_se"], lim["exceedance"])]
             text += [f"### {name}", "", "| target | estimate ± SE (z vs limit) | limit law |", "|---|---|---|"]
-            limit_of = {"mean": lim["mean"], "variance": lim["variance"], "std": np.sqrt(lim["variance"]),
-                        **{f"quantile {p:g}": q for p, q in zip(LEVELS, lim["quantiles"])},
-                        **{f"P(f > {c:g})": e for c, e in zip(a["thresholds"], lim["exceedance"])}}
-            text += [f"| {label} | {cell} | {limit_of[label]:.6g} |" for label, cell in rows] + [""]
+            text += [f"| {label} | {z_cell(e, s, x)} | {x:.6g} |" for label, e, s, x in rows] + [""]
     args.json.write_text(json.dumps(recorded, indent=1) + "\n")
     args.output.parent.mkdir(exist_ok=True)
     args.output.write_text("\n".join(text))
