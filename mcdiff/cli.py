@@ -457,6 +457,7 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--layers-per-block", type=int, default=1, help="ResNet layers per U-Net level")
     p.add_argument("--snapshots", type=int, nargs="*", default=[], help="steps after which the EMA model is also saved")
+    p.add_argument("--init", type=Path, default=None, help="a trained model whose weights start this run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: fastest on a shared machine)")
@@ -470,11 +471,12 @@ def _train_command(args) -> str:
     attention = ["--attention-levels", *map(str, args.attention_levels)] if args.attention_levels else []
     layers = ["--layers-per-block", str(args.layers_per_block)] if args.layers_per_block != 1 else []
     snapshots = ["--snapshots", *map(str, args.snapshots)] if args.snapshots else []
+    init = [] if args.init is None else ["--init", str(args.init)]
     parts = [
         "mcdiff", "train", "--data", args.data, *size, "--objective", args.objective,
         "--offset-weight", repr(args.offset_weight), "--steps", str(args.steps),
         "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--ema-decay", repr(args.ema_decay),
-        "--channels", *map(str, args.channels), *attention, *layers, *snapshots, "--seed", str(args.seed),
+        "--channels", *map(str, args.channels), *attention, *layers, *snapshots, *init, "--seed", str(args.seed),
         "--threads", str(args.threads), "-o", str(args.output),
     ]  # fmt: skip
     return " ".join(parts)
@@ -502,6 +504,7 @@ def _run_train(args) -> None:
         layers_per_block=args.layers_per_block,
         checkpoint_every=args.checkpoint_every,
         snapshot_steps=args.snapshots,
+        init_from=args.init,
         progress=True,
         metadata={"command": _train_command(args), "dataset": args.data},
     )

@@ -250,16 +250,34 @@ class Evaluations:
                 self.store.write_state(block.job.key, state.prefix, state.moments)
             self.bar.update(block.stop - block.start)
 
-    def moments(self, job: Job, n: int) -> dict[str, GroupMoments]:
-        """The group moments of ``job``'s evaluations ``0 .. n - 1`` (all of them folded by :meth:`run`)."""
+    def end_round(self, job: Job, n: int) -> None:
+        """Keep ``job``'s accumulators at a stopping round's end ``n`` in the store, for :meth:`moments` on resume."""
         state = self._jobs[job.key]
+        if self.store is not None and not state.from_blocks and state.prefix == n:
+            self.store.write_state(job.key, n, state.moments, round_end=True)
+
+    def _accumulators(self, job: Job, n: int) -> dict:
+        """``job``'s accumulators of evaluations ``0 .. n - 1``: the live ones, or those kept at a round's end."""
+        state = self._jobs[job.key]
+        if state.prefix > n and self.store is not None and not state.from_blocks:
+            kept = self.store.read_state(job.key, state.kind, round_end=n)
+            if kept is None:
+                raise ValueError(
+                    f"store {str(self.store.path)!r} holds the accumulators of {state.prefix} evaluations of job "
+                    f"{job.key!r} but not those at the end of the round at {n}: give a new store"
+                )
+            return kept[1]
         if state.prefix != n:
             blocking = [(a, b) for a, (b, _) in state.waiting.items() if a < n < b]
             raise ValueError(
                 f"job {job.key!r} has folded {state.prefix} evaluations, not {n}"
                 + (f": stored block {blocking[0]} straddles {n}; ask for {blocking[0][1]} or give a new store" if blocking else "")
             )
-        return {name: m.groups() for name, m in state.moments.items()}
+        return state.moments
+
+    def moments(self, job: Job, n: int) -> dict[str, GroupMoments]:
+        """The group moments of ``job``'s evaluations ``0 .. n - 1`` (all of them folded by :meth:`run`)."""
+        return {name: m.groups() for name, m in self._accumulators(job, n).items()}
 
     def values(self, job: Job, n: int) -> dict[str, np.ndarray]:
         """Values ``{statistic: (n, *own_shape)}`` of evaluations ``0 .. n - 1`` of the statistics kept in memory."""
@@ -411,6 +429,7 @@ def estimate(
                 break
             round_ends.append(n)
             for job in jobs:
+                loop.end_round(job, n)
                 if job.key in reached_at:
                     continue
                 if stopping["stop_interval"] == "t":

@@ -14,6 +14,7 @@ Layout (one directory, one writer at a time)::
     PATH/writer.lock                            the writer's pid, host and start, while one runs
     PATH/jobs/<job>/job.json                    the job: design layout, seed, statistics, values kept
     PATH/jobs/<job>/state.npz                   accumulators of evaluations 0 .. prefix - 1
+    PATH/jobs/<job>/round-<n>.npz               the same, kept at a stopping round's end n
     PATH/jobs/<job>/blocks/<start>-<stop>.npz   values of evaluations start .. stop - 1 (if kept)
 
 A block file holds one array ``(stop - start, *own_shape)`` per statistic, its ``start`` and
@@ -398,11 +399,13 @@ class ResultStore:
                 ) from None
         return {n: content[f"stat_{n}"] for n in names}
 
-    def write_state(self, key: str, prefix: int, moments: Mapping) -> None:
+    def write_state(self, key: str, prefix: int, moments: Mapping, round_end: bool = False) -> None:
         """Store the accumulators of evaluations ``0 .. prefix - 1`` of job ``key``, replacing the previous ones.
 
         ``moments`` maps each statistic to an accumulator with ``state()`` (arrays) and
         ``n_evals`` (:class:`~mcdiff.moments.GroupMoments`, :class:`~mcdiff.moments.ReplicateMoments`).
+        With ``round_end`` they are kept as ``round-<prefix>.npz`` instead, beside the latest
+        state, so that a resumed sequential run can look at every round it passed.
 
         Raises
         ------
@@ -416,23 +419,24 @@ class ResultStore:
         self.lock()
         try:
             replace_atomically(
-                self.path / "jobs" / key / "state.npz",
+                self.path / "jobs" / key / (f"round-{prefix}.npz" if round_end else "state.npz"),
                 lambda tmp: np.savez(tmp, prefix=prefix, digest=self.digest, **arrays),
             )
         except OSError as err:
             raise self._write_error(f"writing the state of job {key!r}", err) from None
 
-    def read_state(self, key: str, kind) -> tuple[int, dict] | None:
+    def read_state(self, key: str, kind, round_end: int | None = None) -> tuple[int, dict] | None:
         """``(prefix, {statistic: accumulator})`` of job ``key``, or ``None`` when it has no state yet.
 
-        ``kind`` is the accumulator class (its ``from_arrays`` rebuilds each statistic's).
+        ``kind`` is the accumulator class (its ``from_arrays`` rebuilds each statistic's); with
+        ``round_end`` the state kept at that round's end (:meth:`write_state`).
 
         Raises
         ------
         ValueError
             For a state file that is damaged, foreign, inconsistent or holds NaN or inf.
         """
-        file = self._dir(key).parent / "state.npz"
+        file = self._dir(key).parent / ("state.npz" if round_end is None else f"round-{int(round_end)}.npz")
         if not file.exists():
             return None
         content = _load_block(file)
@@ -440,6 +444,8 @@ class ResultStore:
             if str(content["digest"]) != self.digest:
                 raise ValueError("it was written by a different run (fingerprint digest differs)")
             prefix = int(content["prefix"])
+            if round_end is not None and prefix != round_end:
+                raise ValueError(f"it holds {prefix} evaluations, not the round's {round_end}")
             moments = {}
             for k, name in enumerate(self._jobs[key]["statistics"]):
                 arrays = {field[len(f"m{k}_"):]: v for field, v in content.items() if field.startswith(f"m{k}_")}

@@ -21,6 +21,7 @@ gives the weights an uninterrupted run gives. The output directory is in diffuse
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import pickle
@@ -196,6 +197,7 @@ def train(
     layers_per_block: int = 1,
     checkpoint_every: int = 500,
     snapshot_steps: Sequence[int] = (),
+    init_from: str | Path | None = None,
     progress: bool | None = None,
     metadata: dict | None = None,
 ) -> Path:
@@ -233,6 +235,11 @@ def train(
     snapshot_steps : sequence of int
         Steps (below ``steps``) after which the EMA weights are also saved as a loadable
         model in ``output_dir/snapshots/step-NNNNNN``, to tie figures to a training stage.
+    init_from : path, optional
+        A model saved by :func:`train` whose weights start both the trained and the EMA
+        copy (the optimiser starts afresh): to train a finished model further. Its U-Net
+        must have the shape asked for; ``training.json`` records its steps and the SHA-256
+        of its weights, and step counts (``steps``, ``snapshot_steps``) are of this run.
     progress : bool, optional
         Show a progress bar; by default only when stderr is a terminal.
     metadata : dict, optional
@@ -258,6 +265,7 @@ def train(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         unet = make_unet(image_shape, block_out_channels, attention_levels, layers_per_block)
+    start_from = None if init_from is None else _load_initial_weights(Path(init_from), unet)
     settings = {
         "objective": objective,
         "offset_weight": float(offset_weight) if objective != "epsilon" else 0.0,
@@ -271,6 +279,7 @@ def train(
         "layers_per_block": int(layers_per_block),
         "image_shape": list(image_shape),
         "num_images": len(data),
+        **({} if start_from is None else {"init_from": start_from}),
     }
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -311,6 +320,22 @@ def train(
     _save_model(output_dir, ema, scheduler, settings, state, metadata)
     checkpoint_path.unlink(missing_ok=True)
     return output_dir
+
+
+def _load_initial_weights(path: Path, unet: UNet2DModel) -> dict:
+    """Load the U-Net saved at ``path`` into ``unet``; its steps and weights' SHA-256."""
+    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"init_from={str(path)!r} holds no unet/diffusion_pytorch_model.safetensors")
+    saved = UNet2DModel.from_pretrained(path / "unet", local_files_only=True, low_cpu_mem_usage=False)
+    fields = ("sample_size", "in_channels", "block_out_channels", "down_block_types", "layers_per_block")
+    changed = [k for k in fields if tuple(np.atleast_1d(saved.config[k])) != tuple(np.atleast_1d(unet.config[k]))]
+    if changed:
+        raise ValueError(f"init_from={str(path)!r} is a U-Net of another shape ({', '.join(changed)} differ)")
+    unet.load_state_dict(saved.state_dict())
+    record = path / "training.json"
+    steps = json.loads(record.read_text()).get("trained_steps") if record.is_file() else None
+    return {"trained_steps": steps, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
 
 
 def _save_model(path: Path, ema, scheduler, settings: dict, state: dict, metadata: dict | None) -> None:

@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
-from small_models import probit_gaussian
+from small_models import GRADIENT_MEAN, probit_gaussian
 
 import mcdiff
 
@@ -212,3 +212,34 @@ def test_rqmc_that_grows_its_points_reuses_them_and_keeps_its_variance_reduction
     with pytest.raises(ValueError, match="grow their replicates' points instead"):
         mcdiff.estimate(model, ["brightness"], [grow], n_evals=64, progress=False, target_ci_width=0.01,
                         max_evals=128, stop_interval="betting")
+
+
+class _FailingAfter(mcdiff.GaussianSampler):
+    """The probit model, raising at sampler call ``fail_at`` (an interrupted run)."""
+
+    def __init__(self, fail_at=None):
+        super().__init__(mean=GRADIENT_MEAN, std=0.25, image_shape=(1, 4, 4), num_inference_steps=4, output="probit")
+        self.fail_at, self.calls = fail_at, 0
+
+    def sample(self, noise):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("interrupted")
+        return super().sample(noise)
+
+
+def test_a_stopping_run_without_kept_values_resumes_from_its_store_after_an_interruption(tmp_path):
+    """draws='none': only accumulators are stored; each round's are kept, so a rerun replays the rounds
+    (here after a failure in the fourth round) and gives the uninterrupted result, bit for bit."""
+    run = dict(statistics=["brightness"], designs=["mc", "rqmc"], n_evals=64, seed=1, progress=False, draws="none",
+               batch_size=32, target_ci_width=0.002, max_evals=1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        plain = mcdiff.estimate(_FailingAfter(), **run)
+        with pytest.raises(RuntimeError, match="interrupted"):
+            mcdiff.estimate(_FailingAfter(fail_at=20), store=tmp_path / "s", **run)
+        resumed = mcdiff.estimate(_FailingAfter(), store=tmp_path / "s", **run)
+        again = mcdiff.estimate(_FailingAfter(fail_at=1), store=tmp_path / "s", **run)  # nothing evaluated
+    assert int(plain["summary"]["n_evals"][0]) == 1024 and plain["summary"].attrs["stopping_rounds"] == 5
+    for result in (resumed, again):
+        assert result["summary"].identical(plain["summary"]) and result["moments"].identical(plain["moments"])

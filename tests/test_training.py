@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -198,3 +199,21 @@ def test_attention_unet_and_snapshots_load_as_models(tmp_path):
 def test_bad_shape_and_snapshot_settings(tmp_path, data, kwargs, match):
     with pytest.raises(ValueError, match=match):
         training.train(data, tmp_path, steps=4, **{**TINY, **kwargs})
+
+
+def test_a_run_can_start_from_a_trained_model(tmp_path, data):
+    """init_from: the saved weights start the run (a step at a tiny rate stays at them, a fresh run does not),
+    training.json records the start's steps and weights hash, and a U-Net of another shape is refused."""
+    first = training.train(data, tmp_path / "first", steps=3, **TINY)
+    more = training.train(data, tmp_path / "more", steps=1, learning_rate=1e-12, seed=1, init_from=first, **TINY)
+    fresh = training.train(data, tmp_path / "fresh", steps=1, learning_rate=1e-12, seed=1, **TINY)
+    start, after, other = _weights(first), _weights(more), _weights(fresh)
+    assert all(torch.allclose(start[k], after[k], atol=1e-6) for k in start)
+    assert not all(torch.allclose(start[k], other[k], atol=1e-3) for k in start)
+    record = json.loads((more / "training.json").read_text())
+    weights = (first / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    assert record["init_from"] == {"trained_steps": 3, "sha256": hashlib.sha256(weights).hexdigest()}
+    with pytest.raises(ValueError, match="U-Net of another shape .*block_out_channels"):
+        training.train(data, tmp_path / "wide", steps=1, init_from=first, **{**TINY, "block_out_channels": (8, 24)})
+    with pytest.raises(FileNotFoundError, match="holds no unet"):
+        training.train(data, tmp_path / "none", steps=1, init_from=tmp_path / "fresh" / "unet", **TINY)
