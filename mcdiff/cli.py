@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from mcdiff.atomic import check_directory
-from mcdiff.designs import DESIGN_NAMES
+from mcdiff.designs import DESIGN_NAMES, SobolRQMC
 from mcdiff.diagnostics import diagnose, format_report, load_lpips
 from mcdiff.executors import DaskExecutor
 from mcdiff.functionals import BUILTIN, check_levels, get_statistic
@@ -145,6 +145,9 @@ def _add_estimate(sub, parents) -> None:
     p.add_argument("--stop-interval", choices=list(INTERVALS), default="t",
                    help="interval the stopping rule checks: t (default), or an anytime-valid confidence sequence "
                    "(bernstein, betting) whose interval at the stop covers by construction")
+    p.add_argument("--rqmc-grow", choices=["replicates", "points", "adaptive"], default="replicates",
+                   help="how rqmc and amc-rqmc grow when stopping doubles the evaluations: add replicates (default), "
+                   "extend every replicate's points, or choose at each doubling (SobolRQMC(grow=...))")
     p.set_defaults(run=_run_estimate)
 
 
@@ -199,7 +202,8 @@ def _run_estimate(args) -> None:
         statistics = [problem.error, *(args.statistics or ["pixel_mean"])]
     options = dict(
         statistics=statistics,
-        designs=args.designs,
+        designs=[SobolRQMC(antithetic=d == "amc-rqmc", grow=args.rqmc_grow) if d.endswith("rqmc") else d
+                 for d in args.designs],
         n_evals=args.n_evals,
         seed=args.seed,
         confidence=args.confidence,

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -248,6 +249,73 @@ class Antithetic(Design):
         return Streams(keys, pairs - first, addresses % 2 == 1)
 
 
+@dataclass(frozen=True)
+class InterleavedLayout:
+    """Where each point of each RQMC replicate sits in address order, for designs that grow.
+
+    A run is a sequence of rectangles ``(r0, r1, k0, k1)``: points ``k0 .. k1 - 1`` of
+    replicates ``r0 .. r1 - 1``, laid point-major (point ``k`` of replicate ``r`` at
+    ``start + (k - k0)(r1 - r0) + (r - r0)``). A run starts with one rectangle ``(0, R, 0, P)``
+    and every round doubles it: :meth:`doubled` appends ``(0, R, P, 2P)`` (each replicate
+    extended to 2P points of the same scramble) or ``(R, 2R, 0, P)`` (R new replicates).
+    Past its last rectangle a layout continues by doubling points, so ``start(R, 1)`` puts
+    point ``k`` of replicate ``r`` at ``k R + r`` at every run length.
+    """
+
+    rectangles: tuple[tuple[int, int, int, int], ...]
+
+    @classmethod
+    def start(cls, replicates: int, points: int) -> InterleavedLayout:
+        """``replicates`` replicates of ``points`` points."""
+        return cls(((0, int(replicates), 0, int(points)),))
+
+    @property
+    def replicates(self) -> int:
+        """Replicates at the end of the layout."""
+        return max(r1 for _, r1, _, _ in self.rectangles)
+
+    @property
+    def points(self) -> int:
+        """Points per replicate at the end of the layout (all replicates have as many)."""
+        return max(k1 for _, _, _, k1 in self.rectangles)
+
+    @property
+    def size(self) -> int:
+        """Points the rectangles hold."""
+        return sum((r1 - r0) * (k1 - k0) for r0, r1, k0, k1 in self.rectangles)
+
+    def doubled(self, how: str) -> InterleavedLayout:
+        """The layout grown by one rectangle: ``how`` is ``"points"`` or ``"replicates"``."""
+        r, p = self.replicates, self.points
+        if how not in ("points", "replicates"):
+            raise ValueError(f"a layout doubles its 'points' or its 'replicates', not {how!r}")
+        added = (0, r, p, 2 * p) if how == "points" else (r, 2 * r, 0, p)
+        return InterleavedLayout((*self.rectangles, added))
+
+    def extends(self, other: InterleavedLayout) -> bool:
+        """Whether this layout begins with every rectangle of ``other``."""
+        return self.rectangles[: len(other.rectangles)] == other.rectangles
+
+    def locate(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Replicate and point index within it of each point number (``address // unit``)."""
+        points = np.asarray(points, dtype=np.int64)
+        layout = self
+        while points.size and layout.size <= points.max():
+            layout = layout.doubled("points")
+        table = np.array(layout.rectangles, dtype=np.int64)
+        widths, areas = table[:, 1] - table[:, 0], (table[:, 1] - table[:, 0]) * (table[:, 3] - table[:, 2])
+        ends = np.cumsum(areas)
+        which = np.searchsorted(ends, points, side="right")
+        offset = points - (ends - areas)[which]
+        return table[which, 0] + offset % widths[which], table[which, 2] + offset // widths[which]
+
+    def describe(self) -> str:
+        """``"16x4, +points, +replicates"``: the start and each doubling."""
+        _, r, _, p = self.rectangles[0]
+        steps = ["+points" if r0 == 0 else "+replicates" for r0, _, _, _ in self.rectangles[1:]]
+        return ", ".join([f"{r}x{p}", *steps])
+
+
 class SobolRQMC(Design):
     r"""Randomized quasi-Monte Carlo: ``replicates`` independent scrambles of 2^m Sobol' points.
 
@@ -297,19 +365,28 @@ class SobolRQMC(Design):
         ``k >= replicates``: a longer run *adds replicates* and leaves the noise of every
         earlier address unchanged (see :meth:`extendable`). By default 2^m is
         ``n_evals / replicates`` (divided by 2 with ``antithetic``).
-    grow : {"replicates", "points"}
+    grow : {"replicates", "points", "adaptive"}
         How a run that grows (sequential stopping) adds evaluations. ``"replicates"`` (the
         default) lays replicate after replicate in address order and adds replicates of the
         first round's size. ``"points"`` interleaves the replicates (point ``k`` of replicate
         ``r`` at point number ``k R + r``), so the first ``R 2^m`` addresses hold the first 2^m
         points of every replicate and a doubled run extends each replicate to 2^(m+1) points of
         the same scramble, every earlier point reused: the variance reduction of 2^(m+1)-point
-        nets, not of more 2^m-point ones. Its groups (replicates) are not contiguous, and the
-        runner keeps one running sum per replicate. At each round the R replicate means are
-        independent and unbiased, so the round's t-interval (R - 1 degrees of freedom) is valid;
-        at a data-dependent stopping time the t-rule's caveat applies, and the confidence
-        sequences (which need new independent groups) are refused. At ``n_evals = R 2^m`` it
-        evaluates exactly the points of the ``"replicates"`` layout, in another order.
+        nets, not of more 2^m-point ones. ``"adaptive"`` lets each doubling either extend the
+        points or double the replicates (:class:`InterleavedLayout`), whichever the interval
+        needs (the runner's rule: :func:`~mcdiff.estimators.rqmc_growth`). Interleaved groups
+        (replicates) are not contiguous, and the runner keeps one running sum per replicate.
+        At each round the replicate means are independent and unbiased given the layout, so a
+        round's t-interval is valid when the layout is fixed in advance; an adaptive layout is
+        chosen from the replicates' variances, which for normal replicate means are
+        independent of their average, not of the interval's standard error, so its validity
+        (like the t-rule's at a data-dependent stopping time) is approximate and measured
+        (``statistics/rqmc_growth.py``). The confidence sequences (which need new independent
+        groups) are refused. At ``n_evals = R 2^m`` both interleaved layouts evaluate exactly
+        the points of the ``"replicates"`` layout, in another order.
+    layout : InterleavedLayout, optional
+        The address layout of ``grow="adaptive"`` so far (the runner sets it); by default one
+        rectangle of ``replicates`` replicates of ``n_evals / replicates`` points.
 
     References
     ----------
@@ -332,6 +409,7 @@ class SobolRQMC(Design):
         scramble: str = "nested",
         points_per_replicate: int | None = None,
         grow: str = "replicates",
+        layout: InterleavedLayout | None = None,
     ):
         if points_per_replicate is not None and (
             not is_integer(points_per_replicate)
@@ -352,10 +430,12 @@ class SobolRQMC(Design):
             raise ValueError(f"max_dim must be in [1, {SOBOL_MAX_DIM}], got {max_dim}")
         if scramble not in ("lms", "nested"):
             raise ValueError(f"scramble must be 'lms' or 'nested', got {scramble!r}")
-        if grow not in ("replicates", "points"):
-            raise ValueError(f"grow must be 'replicates' or 'points', got {grow!r}")
-        if grow == "points" and points_per_replicate is not None:
-            raise ValueError("grow='points' extends the replicates' points: points_per_replicate must be None")
+        if grow not in ("replicates", "points", "adaptive"):
+            raise ValueError(f"grow must be 'replicates', 'points' or 'adaptive', got {grow!r}")
+        if grow != "replicates" and points_per_replicate is not None:
+            raise ValueError(f"grow={grow!r} extends the replicates' points: points_per_replicate must be None")
+        if layout is not None and (grow != "adaptive" or layout.rectangles[0][:3] != (0, replicates, 0)):
+            raise ValueError(f"a layout belongs to grow='adaptive' and starts with {replicates} replicates, got {layout}")
         self.replicates = int(replicates)
         self.antithetic = bool(antithetic)
         self.basis = basis
@@ -363,6 +443,7 @@ class SobolRQMC(Design):
         self.scramble = scramble
         self.points = None if points_per_replicate is None else int(points_per_replicate)
         self.grow = grow
+        self.layout = layout
         self.name = "amc-rqmc" if antithetic else "rqmc"
         self.unit = 2 if antithetic else 1
 
@@ -372,6 +453,7 @@ class SobolRQMC(Design):
             f"basis={self.basis!r}, max_dim={self.max_dim}, scramble={self.scramble!r}"
             + ("" if self.points is None else f", points_per_replicate={self.points}")
             + ("" if self.grow == "replicates" else f", grow={self.grow!r}")
+            + ("" if self.layout is None else f", layout={self.layout.rectangles}")
             + ")"
         )
 
@@ -384,16 +466,37 @@ class SobolRQMC(Design):
 
     @property
     def interleaved(self) -> bool:
-        """Whether replicates interleave in address order (``grow="points"``): groups are not contiguous."""
-        return self.grow == "points"
+        """Whether replicates interleave in address order (``grow`` is ``"points"`` or ``"adaptive"``)."""
+        return self.grow != "replicates"
+
+    def interleaved_layout(self, n_evals: int) -> InterleavedLayout:
+        """Where the points of a run of ``n_evals`` lie (an interleaved design's)."""
+        if self.layout is not None:
+            return self.layout
+        if self.grow == "points":
+            return InterleavedLayout.start(self.replicates, 1)
+        return InterleavedLayout.start(self.replicates, self.points_per_replicate(n_evals))
+
+    def grown(self, how: str) -> SobolRQMC:
+        """``grow="adaptive"``: this design with its layout doubled (``"points"`` or ``"replicates"``)."""
+        if self.layout is None:
+            raise ValueError("only an extendable design with grow='adaptive' (it has a layout) grows")
+        return self._with_layout(self.layout.doubled(how))
+
+    def _with_layout(self, layout: InterleavedLayout) -> SobolRQMC:
+        return SobolRQMC(self.replicates, self.antithetic, self.basis, self.max_dim, self.scramble,
+                         grow=self.grow, layout=layout)
 
     def extendable(self, n_evals: int) -> SobolRQMC:
         """This design with 2^m fixed at its value for ``n_evals``: longer runs add replicates.
 
-        With ``grow="points"`` the design itself: longer runs extend every replicate's points.
+        With ``grow="points"`` the design itself: longer runs extend every replicate's points;
+        with ``"adaptive"`` the design with its first layout (one rectangle), grown by :meth:`grown`.
         """
         if self.interleaved:
             self.check_n(n_evals)
+            if self.grow == "adaptive" and self.layout is None:
+                return self._with_layout(self.interleaved_layout(n_evals))
             return self
         return SobolRQMC(
             self.replicates,
@@ -447,6 +550,8 @@ class SobolRQMC(Design):
         dim = noise_dim(spec)
         lead = min(dim, self.max_dim)
         count = f"{self.replicates}" if self.points is None else f"{self.points}-point"
+        if self.layout is not None:
+            count = f"{self.layout.replicates} (grown {self.layout.describe()})"
         text = (
             f"{self.name}: {count} {_SCRAMBLE_WORDS[self.scramble]} Sobol' replicates on "
             f"the leading {lead} of {dim} coordinates in the {self._resolved_basis(dim)} basis"
@@ -464,7 +569,7 @@ class SobolRQMC(Design):
         points = addresses // self.unit
         reflected = (addresses % 2 == 1) & self.antithetic
         if self.interleaved:
-            return points % self.replicates, points // self.replicates, reflected
+            return (*self.interleaved_layout(n_evals).locate(points), reflected)
         per_replicate = self.points_per_replicate(n_evals)
         return points // per_replicate, points % per_replicate, reflected
 

@@ -30,6 +30,9 @@ and sizes.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import stats
 
@@ -195,6 +198,43 @@ def spread_interval(moments: GroupMoments, confidence: float = 0.95) -> dict[str
         "std_error": std_error,
         **t_interval(estimate, std_error, moments.n_groups - 1, confidence),
     }
+
+
+def convergence_rate(half_variance: float, variance: float) -> float:
+    """``log2(s_{P/2}^2 / s_P^2)``: how fast RQMC replicate means converge as their points double.
+
+    Plain Monte Carlo gives 1 on average, a smooth integrand under scrambled nets up to 3;
+    ``inf`` where only the half-means vary, NaN where neither does.
+    """
+    if not half_variance > 0:
+        return math.nan
+    return math.inf if variance == 0 else math.log2(half_variance / variance)
+
+
+def rqmc_growth(rates: Sequence[float], replicates: int, confidence: float = 0.95) -> str:
+    r"""How an RQMC run that doubles should grow: ``"points"`` (extend every replicate) or ``"replicates"``.
+
+    With ``R`` replicates of ``P`` points the interval's half-width is ``t_{R-1} s_P / sqrt(R)``,
+    ``s_P^2`` the variance of a replicate mean. Both ways double the cost. Doubling the points
+    keeps ``R`` and divides ``s_P^2`` by ``2^alpha``, the rate at which the replicates converge;
+    doubling the replicates keeps ``s_P`` and halves ``1/R``, and the t quantile falls to
+    ``t_{2R-1}``. The squared half-width is smaller after extending the points when
+
+    .. math:: 2^{\alpha} > 2 \left(\frac{t_{R-1}}{t_{2R-1}}\right)^2
+
+    (16 replicates at 95%: ``alpha > 1.13``), so points are extended unless the replicates
+    converge no faster than Monte Carlo by that margin. ``alpha`` is the mean of ``rates``, the
+    :func:`convergence_rate` of every round so far (one round's, from 16 replicates, has a
+    standard deviation of about 0.5); with no finite rate (every half-mean equal) the
+    replicates are doubled.
+    """
+    confidence = check_confidence(confidence)
+    q = (1 + confidence) / 2
+    threshold = math.log2(2 * (stats.t.ppf(q, replicates - 1) / stats.t.ppf(q, 2 * replicates - 1)) ** 2)
+    known = [r for r in rates if not math.isnan(r)]
+    if not known:
+        return "replicates"
+    return "points" if np.mean(np.minimum(known, 8.0)) > threshold else "replicates"
 
 
 def corrected_relative_efficiency(efficiency: np.ndarray, n_groups: int, group_size: int) -> np.ndarray:

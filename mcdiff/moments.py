@@ -29,6 +29,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mcdiff.designs import InterleavedLayout
+
 MOMENT_FIELDS = ("shift", "group_shift", "sum_a", "sum_aa", "sum_b", "sum_bb", "sum_ab")
 """The accumulated arrays, in the order of a result's ``moment`` coordinate."""
 
@@ -201,20 +203,26 @@ class GroupMoments:
 class ReplicateMoments:
     """Running sums of ``y`` and ``y^2`` per replicate, for groups interleaved in address order.
 
-    An interleaved RQMC design (``SobolRQMC(grow="points")``) puts point ``k`` of replicate
-    ``r`` at point number ``k R + r``, so every replicate grows as the run grows. Each
-    replicate's sums are added one evaluation at a time in address order (the same bits
-    however the evaluations were cut into blocks); :meth:`groups` turns the ``R`` replicate
-    means into :class:`GroupMoments` when every replicate has the same number of points.
-    Memory is ``2 R + 1`` times the statistic's size.
+    An interleaved RQMC design (``SobolRQMC(grow="points")`` or ``"adaptive"``) spreads each
+    replicate over the addresses (:class:`~mcdiff.designs.InterleavedLayout`; ``grow="points"``
+    puts point ``k`` of replicate ``r`` at point number ``k R + r``), so every replicate grows
+    as the run grows. Each replicate's sums are added one evaluation at a time in address
+    order (the same bits however the evaluations were cut into blocks); :meth:`groups` turns
+    the replicate means into :class:`GroupMoments` when every replicate has the same number
+    of points. With ``halves`` the sum over the first half of each replicate's points is
+    kept too (:meth:`level_variances`, for the adaptive rule); :meth:`regrow` follows the
+    layout as it doubles. Memory is ``2 R + 1`` (with halves ``3 R + 1``) times the
+    statistic's size.
     """
 
-    def __init__(self, replicates: int, unit: int = 1):
-        self.replicates, self.unit = int(replicates), int(unit)
+    def __init__(self, layout: InterleavedLayout, unit: int = 1, halves: bool = False):
+        self.layout, self.unit, self.halves = layout, int(unit), bool(halves)
         self.n_evals = 0
         self.shift: np.ndarray | None = None
-        self.sum_y: np.ndarray | None = None
-        self.sum_yy: np.ndarray | None = None
+        self.sums: dict[str, np.ndarray] = {}
+
+    def _fields(self) -> tuple[str, ...]:
+        return ("sum_y", "sum_yy", "half_y") if self.halves else ("sum_y", "sum_yy")
 
     def fold(self, values: np.ndarray) -> None:
         """Add the next evaluations ``(k, *own_shape)`` in address order."""
@@ -223,39 +231,86 @@ class ReplicateMoments:
             return
         if self.shift is None:
             self.shift = values[0].copy()
-            self.sum_y = np.zeros((self.replicates, *values.shape[1:]))
-            self.sum_yy = np.zeros_like(self.sum_y)
+            self.sums = {f: np.zeros((self.layout.replicates, *values.shape[1:])) for f in self._fields()}
         y = values - self.shift
-        replicates = (np.arange(self.n_evals, self.n_evals + len(y)) // self.unit) % self.replicates
-        for r, row in zip(replicates, y):
-            self.sum_y[r] += row
-            self.sum_yy[r] += row * row
+        replicates, index = self.layout.locate(np.arange(self.n_evals, self.n_evals + len(y)) // self.unit)
+        sum_y, sum_yy = self.sums["sum_y"], self.sums["sum_yy"]
+        half = self.layout.points // 2
+        for r, k, row in zip(replicates, index, y):
+            sum_y[r] += row
+            sum_yy[r] += row * row
+            if self.halves and k < half:
+                self.sums["half_y"][r] += row
         self.n_evals += len(y)
+
+    def regrow(self, layout: InterleavedLayout) -> None:
+        """Follow the design's layout, doubled by one rectangle after the evaluations folded so far.
+
+        A layout this accumulator already follows (a resumed state ahead of the run's round)
+        changes nothing; any other is refused.
+        """
+        if self.layout.extends(layout):
+            return
+        if layout.rectangles[:-1] != self.layout.rectangles or self.n_evals != self.layout.size * self.unit:
+            raise ValueError(f"layout {layout.describe()} does not extend {self.layout.describe()} at {self.n_evals} evaluations")
+        grown = layout.replicates - self.layout.replicates
+        self.layout = layout
+        if self.shift is None:
+            return
+        if grown:
+            self.sums = {f: np.concatenate([v, np.zeros((grown, *v.shape[1:]))]) for f, v in self.sums.items()}
+        elif self.halves:
+            self.sums["half_y"] = self.sums["sum_y"].copy()
+
+    def _counts(self) -> tuple[int, int]:
+        """Replicates and evaluations per replicate, when every replicate has as many."""
+        replicates, _ = self.layout.locate(np.arange(self.n_evals // self.unit))
+        counts = np.bincount(replicates, minlength=len(self.sums.get("sum_y", ())))
+        size = self.n_evals // len(counts) if len(counts) else 0
+        if not size or self.n_evals % self.unit or (counts * self.unit != size).any():
+            raise ValueError(f"{self.n_evals} evaluations do not give each of {len(counts)} replicates the same points")
+        return len(counts), size
 
     def groups(self) -> GroupMoments:
         """:class:`GroupMoments` of the replicate means (all replicates complete and equally long)."""
-        size, extra = divmod(self.n_evals, self.replicates)
-        if extra or not size:
-            raise ValueError(f"{self.n_evals} evaluations do not give each of {self.replicates} replicates the same points")
+        _, size = self._counts()
         moments = GroupMoments(size)
         moments.sums = {"shift": self.shift.copy(), **{f: np.zeros_like(self.shift) for f in MOMENT_FIELDS[1:]}}
-        moments._close(self.sum_y / size, self.sum_yy / size)
+        moments._close(self.sums["sum_y"] / size, self.sums["sum_yy"] / size)
         return moments
+
+    def level_variances(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sample variances over replicates of the means of their first half and of all their points.
+
+        Needs ``halves`` and at least two points per replicate.
+        """
+        replicates, size = self._counts()
+        if not self.halves or self.layout.points < 2:
+            raise ValueError("level variances need halves=True and at least two points per replicate")
+        half = size // 2
+        return (np.var(self.sums["half_y"] / half, axis=0, ddof=1), np.var(self.sums["sum_y"] / size, axis=0, ddof=1))
 
     def state(self) -> dict[str, np.ndarray]:
         """Everything needed to continue folding, as arrays (:meth:`from_arrays` restores it)."""
-        out = {"replicates": np.array(self.replicates), "unit": np.array(self.unit), "n_evals": np.array(self.n_evals)}
+        out = {
+            "layout": np.array(self.layout.rectangles),
+            "unit": np.array(self.unit),
+            "halves": np.array(self.halves),
+            "n_evals": np.array(self.n_evals),
+        }
         if self.shift is not None:
-            out.update(shift=self.shift, sum_y=self.sum_y, sum_yy=self.sum_yy)
+            out.update(shift=self.shift, **self.sums)
         return out
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ReplicateMoments:
         """The accumulator :meth:`state` described."""
-        moments = cls(int(arrays["replicates"]), int(arrays["unit"]))
+        layout = InterleavedLayout(tuple(tuple(int(v) for v in row) for row in np.asarray(arrays["layout"])))
+        moments = cls(layout, int(arrays["unit"]), bool(arrays["halves"]))
         moments.n_evals = int(arrays["n_evals"])
         if moments.n_evals:
-            moments.shift, moments.sum_y, moments.sum_yy = (np.array(arrays[k], dtype=np.float64) for k in ("shift", "sum_y", "sum_yy"))
+            moments.shift = np.array(arrays["shift"], dtype=np.float64)
+            moments.sums = {f: np.array(arrays[f], dtype=np.float64) for f in moments._fields()}
         return moments
 
 

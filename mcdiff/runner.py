@@ -32,6 +32,7 @@ RQMC designs keep their points per replicate and add replicates
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import warnings
@@ -44,7 +45,7 @@ from tqdm.auto import tqdm
 
 from mcdiff.blocks import Block, Job
 from mcdiff.designs import Design, get_design
-from mcdiff.estimators import group_means, summarize_moments
+from mcdiff.estimators import convergence_rate, group_means, rqmc_growth, summarize_moments
 from mcdiff.intervals import bernstein_sequence, betting_sequence
 from mcdiff.executors import DaskExecutor, LocalExecutor, Model, ModelInfo, SchedulerLost, check_model
 from mcdiff.functionals import Statistic, get_statistic, pixel_mean, probe_images, statistic_identity
@@ -85,12 +86,14 @@ class _JobState:
     (holding every statistic), read when its turn comes.
     """
 
-    def __init__(self, job: Job, group_size: int, memory: set[str], stored: set[str], store):
+    def __init__(self, job: Job, largest_n: int, memory: set[str], stored: set[str], store):
         self.job, self.memory, self.stored, self.store = job, memory, stored, store
         self.kind = ReplicateMoments if job.design.interleaved else GroupMoments
         design = job.design
         self.moments = {
-            s.name: ReplicateMoments(design.replicates, design.unit) if design.interleaved else GroupMoments(group_size)
+            s.name: ReplicateMoments(design.interleaved_layout(largest_n), design.unit, halves=design.grow == "adaptive")
+            if design.interleaved
+            else GroupMoments(design.group_size(largest_n))
             for s in job.statistics
         }
         self.prefix = 0
@@ -171,7 +174,6 @@ class Evaluations:
             When the store's job differs, or cannot give the values asked for (``draws="memory"``
             or ``"store"``, or ``keep``, on a store that kept fewer).
         """
-        group_size = job.design.group_size(largest_n)
         names = [s.name for s in job.statistics]
         probe = probe_images(image_shape, 1)
         size = {s.name: int(np.prod(s(probe).shape[1:])) for s in job.statistics}
@@ -202,7 +204,7 @@ class Evaluations:
                     "store, or draws='none'"
                 )
             memory -= lacking
-        state = _JobState(job, group_size, memory, stored, self.store)
+        state = _JobState(job, largest_n, memory, stored, self.store)
         self._jobs[job.key] = state
         if self.store is None:
             return
@@ -256,7 +258,7 @@ class Evaluations:
         if self.store is not None and not state.from_blocks and state.prefix == n:
             self.store.write_state(job.key, n, state.moments, round_end=True)
 
-    def _accumulators(self, job: Job, n: int) -> dict:
+    def accumulators(self, job: Job, n: int) -> dict:
         """``job``'s accumulators of evaluations ``0 .. n - 1``: the live ones, or those kept at a round's end."""
         state = self._jobs[job.key]
         if state.prefix > n and self.store is not None and not state.from_blocks:
@@ -275,9 +277,16 @@ class Evaluations:
             )
         return state.moments
 
+    def regrow(self, job: Job) -> None:
+        """Give a registered job its grown design (``SobolRQMC(grow="adaptive")``), accumulators included."""
+        state = self._jobs[job.key]
+        state.job = job
+        for accumulator in state.moments.values():
+            accumulator.regrow(job.design.layout)
+
     def moments(self, job: Job, n: int) -> dict[str, GroupMoments]:
         """The group moments of ``job``'s evaluations ``0 .. n - 1`` (all of them folded by :meth:`run`)."""
-        return {name: m.groups() for name, m in self._accumulators(job, n).items()}
+        return {name: m.groups() for name, m in self.accumulators(job, n).items()}
 
     def values(self, job: Job, n: int) -> dict[str, np.ndarray]:
         """Values ``{statistic: (n, *own_shape)}`` of evaluations ``0 .. n - 1`` of the statistics kept in memory."""
@@ -414,7 +423,7 @@ def estimate(
     jobs = [Job(d.name, d, seed, tuple(stats)) for d in layouts]
     largest = n_evals if stopping is None else stopping["max_evals"]
 
-    n, rounds, reached_at, round_ends, sequences = n_evals, 0, {}, [], {}
+    n, rounds, reached_at, round_ends, sequences, rates = n_evals, 0, {}, [], {}, {}
     with (
         ResultStore.open(store, _fingerprint(info, seed, layouts, stats)) if store is not None else contextlib.nullcontext() as results,
         progress_bar(progress, "mcdiff") as bar,
@@ -441,11 +450,12 @@ def estimate(
                     reached_at[job.key] = n
             if len(reached_at) == len(jobs) or 2 * n > stopping["max_evals"]:
                 break
+            jobs = [_grown(loop, job, n, confidence, stopping, rates.setdefault(job.key, [])) for job in jobs]
             n *= 2
         moments = {job.key: loop.moments(job, n) for job in jobs}
         kept = {job.key: loop.values(job, n) for job in jobs}
 
-    final = layouts if stopping else resolved
+    final = [job.design for job in jobs] if stopping else resolved
     noise = {d.name: d.describe(info.noise_spec) for d in final}
     layout = {s.name: s.layout(next(iter(moments.values()))[s.name].sums["shift"]) for s in stats}
     in_memory = [s for s in stats if all(s.name in v for v in kept.values())]
@@ -484,6 +494,34 @@ def estimate(
             bounds, dims=("design", "sequence_bound", *own_dims), coords={"sequence_bound": ["lower", "upper"], **coords}
         )
     return result
+
+
+def _grown(loop: Evaluations, job: Job, n: int, confidence: float, stopping: dict, rates: list[float]) -> Job:
+    """``job`` for the next round: an adaptive RQMC design grown as :func:`~mcdiff.estimators.rqmc_growth` says.
+
+    The round's :func:`~mcdiff.estimators.convergence_rate` is that of the statistic component
+    whose interval is furthest from its target (``ci_width`` over the width allowed); it is
+    appended to ``rates``, the job's rates of earlier rounds. A replicate of one point has no
+    rate: its points are extended.
+    """
+    design = job.design
+    if getattr(design, "grow", None) != "adaptive":
+        return job
+    worst, rate = -np.inf, None
+    for accumulator in loop.accumulators(job, n).values() if design.layout.points >= 2 else ():
+        fields = summarize_moments(accumulator.groups(), confidence)
+        allowed = np.minimum(stopping.get("target_ci_width", np.inf), stopping.get("target_rel_width", np.inf) * np.abs(fields["estimate"]))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.nan_to_num(np.ravel(fields["ci_width"] / allowed), nan=0.0, posinf=np.finfo(float).max)
+        k = int(np.argmax(ratio))
+        if ratio[k] > worst:
+            worst, rate = ratio[k], convergence_rate(*(float(np.ravel(v)[k]) for v in accumulator.level_variances()))
+    if rate is not None:
+        rates.append(rate)
+    how = "points" if rate is None else rqmc_growth(rates, design.layout.replicates, confidence)
+    grown = dataclasses.replace(job, design=design.grown(how))
+    loop.regrow(grown)
+    return grown
 
 
 def _sequences(values, design: Design, round_ends, stats, confidence, stopping) -> dict[str, dict[str, np.ndarray]]:

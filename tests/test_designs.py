@@ -6,7 +6,7 @@ import torch
 from scipy import stats
 
 import mcdiff.noise.chunks
-from mcdiff.designs import Antithetic, MonteCarlo, SobolRQMC, get_design, noise_dim
+from mcdiff.designs import Antithetic, InterleavedLayout, MonteCarlo, SobolRQMC, get_design, noise_dim
 
 SPEC = {"x_T": (1, 2, 2), "steps": (3, 1, 2, 2)}
 DESIGNS = [
@@ -148,6 +148,40 @@ def test_group_ids():
     np.testing.assert_array_equal(SobolRQMC(2, antithetic=True).group_ids(8), [0, 0, 0, 0, 1, 1, 1, 1])
 
 
+def test_an_interleaved_layout_places_every_point_of_its_rectangles_once_and_in_order():
+    layout = InterleavedLayout.start(4, 2).doubled("replicates").doubled("points").doubled("replicates")
+    assert (layout.replicates, layout.points, layout.size) == (16, 4, 64) and layout.describe() == "4x2, +replicates, +points, +replicates"
+    replicate, index = layout.locate(np.arange(layout.size))
+    assert sorted(zip(replicate.tolist(), index.tolist())) == [(r, k) for r in range(16) for k in range(4)]
+    for r in range(16):  # each replicate's points arrive in order 0, 1, 2, ...
+        assert index[replicate == r].tolist() == list(range(4))
+    np.testing.assert_array_equal(replicate[:8], [0, 1, 2, 3, 0, 1, 2, 3])  # point-major within a rectangle
+    assert layout.extends(InterleavedLayout.start(4, 2).doubled("replicates")) and not layout.extends(InterleavedLayout.start(4, 4))
+    points = np.arange(1000)  # past its rectangles a layout doubles points: start(R, 1) is point k of replicate r at k R + r
+    np.testing.assert_array_equal(np.stack(InterleavedLayout.start(8, 1).locate(points)), np.stack([points % 8, points // 8]))
+    with pytest.raises(ValueError, match="doubles its 'points' or its 'replicates'"):
+        layout.doubled("both")
+
+
+def test_adaptive_rqmc_evaluates_the_points_of_the_default_layout_and_grows_by_rectangles():
+    spec = {"x_T": (1, 2, 2)}
+    adaptive, default = SobolRQMC(4, grow="adaptive"), SobolRQMC(4)
+    first = adaptive.extendable(32)
+    assert first.layout == InterleavedLayout.start(4, 8) and first.extendable(64) is first
+    a, b = adaptive.draw(spec, 3, 0, 32, 32)["x_T"], default.draw(spec, 3, 0, 32, 32)["x_T"]
+    order = np.argsort(a[:, 0, 0, 0])
+    np.testing.assert_array_equal(a[order], b[np.argsort(b[:, 0, 0, 0])])
+    grown = first.grown("replicates")
+    np.testing.assert_array_equal(grown.draw(spec, 3, 0, 32, 64)["x_T"], a)  # earlier addresses keep their noise
+    addresses = np.arange(64)
+    np.testing.assert_array_equal(grown.group_ids(64), np.where(addresses < 32, addresses % 4, 4 + addresses % 4))
+    assert "8 (grown 4x8, +replicates) nested-scrambled" in grown.describe(spec)
+    with pytest.raises(ValueError, match="only an extendable design with grow='adaptive'"):
+        adaptive.grown("points")
+    with pytest.raises(ValueError, match="a layout belongs to grow='adaptive'"):
+        SobolRQMC(4, layout=InterleavedLayout.start(4, 2))
+
+
 def test_names_resolve():
     assert [get_design(n).name for n in ("mc", "amc", "rqmc", "amc-rqmc")] == ["mc", "amc", "rqmc", "amc-rqmc"]
     assert noise_dim(SPEC) == 16
@@ -165,6 +199,8 @@ def test_names_resolve():
         (lambda: SobolRQMC(4, basis="wavelet"), "basis must be"),
         (lambda: SobolRQMC(4, max_dim=30000), "max_dim must be in"),
         (lambda: SobolRQMC(4, scramble="owen"), "scramble must be"),
+        (lambda: SobolRQMC(4, grow="both"), "grow must be 'replicates', 'points' or 'adaptive'"),
+        (lambda: SobolRQMC(4, grow="adaptive", points_per_replicate=4), "points_per_replicate must be None"),
         (lambda: get_design("qmc"), "unknown design 'qmc'; known: mc, amc, rqmc, amc-rqmc"),
         (lambda: MonteCarlo().draw(SPEC, -1, 0, 2, 4), "seed must be a non-negative integer"),
         (lambda: MonteCarlo().draw(SPEC, 0, 2, 6, 4), r"addresses \[2, 6\) are outside"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mcdiff.estimators import group_means, relative_efficiency_vs_mc, summarize
+from mcdiff.estimators import convergence_rate, group_means, relative_efficiency_vs_mc, rqmc_growth, summarize
 
 
 def test_mc_interval_matches_scipy():
@@ -78,3 +78,17 @@ def test_unequal_groups_and_single_group_are_refused():
         summarize(np.ones(3), np.array([0, 0, 1]))
     with pytest.raises(ValueError, match="at least 2 groups"):
         summarize(np.ones(3), np.zeros(3))
+
+
+def test_rqmc_growth_extends_points_only_where_replicates_converge_faster_than_monte_carlo_by_enough():
+    """16 replicates at 95%: extend the points when the mean rate exceeds log2(2 (t_15 / t_31)^2) = 1.127."""
+    threshold = np.log2(2 * (stats.t.ppf(0.975, 15) / stats.t.ppf(0.975, 31)) ** 2)
+    assert threshold == pytest.approx(1.127, abs=1e-3)
+    assert rqmc_growth([threshold + 0.01], 16) == "points"
+    assert rqmc_growth([threshold - 0.01], 16) == "replicates"
+    assert rqmc_growth([2.0, 0.2], 16) == "replicates"  # the mean over rounds decides
+    assert rqmc_growth([np.nan, np.inf], 16) == "points"
+    assert rqmc_growth([np.nan], 16) == "replicates"
+    assert rqmc_growth([1.3], 256) == "points" and rqmc_growth([1.01], 256) == "points"
+    assert convergence_rate(4.0, 1.0) == 2.0 and np.isnan(convergence_rate(0.0, 0.0))
+    assert convergence_rate(1.0, 0.0) == np.inf

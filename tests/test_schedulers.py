@@ -150,7 +150,10 @@ def test_antithetic_partner_mirrors_about_g0_for_an_affine_network(case):
         images = sampler.sample(noise)
         centre = sampler.sample({k: torch.zeros(1, *s, dtype=torch.float64) for k, s in sampler.noise_spec.items()})
     pair_sum = images[0::2] + images[1::2]
-    torch.testing.assert_close(pair_sum, (2 * centre).expand_as(pair_sum), atol=TOL, rtol=0)
+    # some schedulers keep their sigmas in float32: the pair mirrors to float32 precision of the images' scale
+    # (measured: at most 1.3e-7 of it, Euler with churn; a non-affine network misses by 1e-2 and more)
+    scale = images.abs().max().item()
+    torch.testing.assert_close(pair_sum, (2 * centre).expand_as(pair_sum), atol=1e-6 * scale, rtol=0)
     assert (images[0] - centre[0]).abs().max() > 0.01  # the partners are not both at the centre
 
 
