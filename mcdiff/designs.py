@@ -462,7 +462,8 @@ class SobolRQMC(Design):
         self.check_n(n_evals)
         if self.points is not None:
             return self.points
-        return n_evals // (self.replicates * self.unit)
+        replicates = self.replicates if self.layout is None else self.layout.replicates
+        return n_evals // (replicates * self.unit)
 
     @property
     def interleaved(self) -> bool:

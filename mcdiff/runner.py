@@ -26,7 +26,11 @@ Sequential stopping runs in rounds: evaluations ``0 .. n_0 - 1``, then up to ``2
 ``4 n_0``, ... until every design's interval meets the target or the next round would pass
 ``max_evals``. Each round adds evaluations at new addresses and keeps all earlier ones;
 RQMC designs keep their points per replicate and add replicates
-(:meth:`~mcdiff.designs.Design.extendable`).
+(:meth:`~mcdiff.designs.Design.extendable`), extend every replicate's points
+(``SobolRQMC(grow="points")``), or do either as :func:`~mcdiff.estimators.rqmc_growth` decides
+at each round's end (``grow="adaptive"``). With a store, each round's accumulators are kept
+(:meth:`Evaluations.end_round`), so a resumed run looks at every round again, and makes the
+same choices, without per-evaluation values.
 """
 
 from __future__ import annotations

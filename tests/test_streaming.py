@@ -218,6 +218,13 @@ def test_dask_gives_the_local_bits_for_pixel_maps_and_multifidelity(client):
     on_dask = mcdiff.estimate_multifidelity(functools.partial(LevelCounter), **MF, block_size=16,
                                             executor=DaskExecutor(client))
     assert on_dask.identical(base)
+    grown = dict(statistics=["brightness"], designs=[mcdiff.SobolRQMC(grow="adaptive")], n_evals=64, seed=2,
+                 batch_size=16, progress=False, draws="none", target_ci_width=1e-9, max_evals=512)
+    with pytest.warns(RuntimeWarning, match="target not reached"):
+        here = mcdiff.estimate(CountingSampler(), **grown)
+        there = mcdiff.estimate(functools.partial(CountingSampler), **grown, block_size=32, executor=DaskExecutor(client))
+    assert "grown 16x4, +" in str(here["summary"]["noise"].values[0])  # an adaptive layout, its choices the same there
+    _same(there, here)
 
 
 @pytest.mark.parametrize("width", [1, 64, 65, 300])
