@@ -225,8 +225,8 @@ def rqmc_growth(rates: Sequence[float], replicates: int, confidence: float = 0.9
     (16 replicates at 95%: ``alpha > 1.13``), so points are extended unless the replicates
     converge no faster than Monte Carlo by that margin. ``alpha`` is the mean of ``rates``, the
     :func:`convergence_rate` of every round so far (one round's, from 16 replicates, has a
-    standard deviation of about 0.5); with no finite rate (every half-mean equal) the
-    replicates are doubled.
+    standard deviation of about 0.5), each capped at 8 so that one infinite rate does not
+    decide alone; with no rate (every half-mean equal) the replicates are doubled.
     """
     confidence = check_confidence(confidence)
     q = (1 + confidence) / 2

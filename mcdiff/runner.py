@@ -514,9 +514,9 @@ def _grown(loop: Evaluations, job: Job, n: int, confidence: float, stopping: dic
     worst, rate = -np.inf, None
     for accumulator in loop.accumulators(job, n).values() if design.layout.points >= 2 else ():
         fields = summarize_moments(accumulator.groups(), confidence)
-        allowed = np.minimum(stopping.get("target_ci_width", np.inf), stopping.get("target_rel_width", np.inf) * np.abs(fields["estimate"]))
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.nan_to_num(np.ravel(fields["ci_width"] / allowed), nan=0.0, posinf=np.finfo(float).max)
+            ratio = np.ravel(fields["ci_width"] / _allowed_width(fields, stopping))
+        ratio = np.nan_to_num(ratio, nan=0.0, posinf=np.finfo(float).max)
         k = int(np.argmax(ratio))
         if ratio[k] > worst:
             worst, rate = ratio[k], convergence_rate(*(float(np.ravel(v)[k]) for v in accumulator.level_variances()))
@@ -691,14 +691,19 @@ def _check_stopping(target_ci_width, target_rel_width, max_evals, n_evals, stop_
     return {**targets, "max_evals": int(max_evals), "stop_interval": stop_interval}
 
 
+def _allowed_width(fields: dict, stopping: dict) -> np.ndarray:
+    """The widest interval each component may have: ``target_ci_width`` and ``target_rel_width · |estimate|``, where given."""
+    allowed = np.full(np.shape(fields["estimate"]), stopping.get("target_ci_width", np.inf))
+    if "target_rel_width" in stopping:
+        allowed = np.minimum(allowed, stopping["target_rel_width"] * np.abs(fields["estimate"]))
+    return allowed
+
+
 def _meets_target(fields_of: Callable, per_statistic: dict, confidence: float, stopping: dict) -> bool:
     """Whether every statistic component's interval (``fields_of(x, confidence)`` of each value) meets the targets."""
     for x in per_statistic.values():
         fields = fields_of(x, confidence)
-        width = fields["ci_width"]
-        if not np.all(width <= stopping.get("target_ci_width", np.inf)):
-            return False
-        if not np.all(width <= stopping.get("target_rel_width", np.inf) * np.abs(fields["estimate"])):
+        if not np.all(fields["ci_width"] <= _allowed_width(fields, stopping)):
             return False
     return True
 

@@ -297,3 +297,13 @@ def test_cli_grows_rqmc_as_asked(tmp_path, capsys):
         assert main([*args, "-o", str(tmp_path / "a.nc")]) == 0
     noise = str(mcdiff.load_result(tmp_path / "a.nc")["summary"]["noise"].sel(design="rqmc").values)
     assert "(grown 16x4, +" in noise and noise.count("+") == 2
+
+
+def test_a_component_whose_estimate_is_zero_does_not_keep_an_absolute_target_from_being_met():
+    """Only target_ci_width given: a constant-0 component (estimate 0, width 0) meets it. mcdiff <= 0.4 multiplied
+    the absent relative target (inf) by |estimate| = 0, got NaN, and never stopped."""
+    dark = mcdiff.Statistic("dark", lambda x: x.mean(dim=(1, 2, 3)).double() * 0)
+    with pytest.warns(RuntimeWarning, match="the interval has width 0"):
+        result = mcdiff.estimate(probit_gaussian(4), ["brightness", dark], ["mc"], n_evals=64, seed=0, progress=False,
+                                 target_ci_width=1.0, max_evals=256)
+    assert result["summary"].attrs["target_reached"] == 1 and result["summary"].attrs["stopping_rounds"] == 1
