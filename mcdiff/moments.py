@@ -234,13 +234,13 @@ class ReplicateMoments:
             self.sums = {f: np.zeros((self.layout.replicates, *values.shape[1:])) for f in self._fields()}
         y = values - self.shift
         replicates, index = self.layout.locate(np.arange(self.n_evals, self.n_evals + len(y)) // self.unit)
-        sum_y, sum_yy = self.sums["sum_y"], self.sums["sum_yy"]
-        half = self.layout.points // 2
+        sum_y, sum_yy, half_y = self.sums["sum_y"], self.sums["sum_yy"], self.sums.get("half_y")
+        half = self.layout.points // 2 if self.halves else 0
         for r, k, row in zip(replicates, index, y):
             sum_y[r] += row
             sum_yy[r] += row * row
-            if self.halves and k < half:
-                self.sums["half_y"][r] += row
+            if k < half:
+                half_y[r] += row
         self.n_evals += len(y)
 
     def regrow(self, layout: InterleavedLayout) -> None:
@@ -284,7 +284,7 @@ class ReplicateMoments:
 
         Needs ``halves`` and at least two points per replicate.
         """
-        replicates, size = self._counts()
+        _, size = self._counts()
         if not self.halves or self.layout.points < 2:
             raise ValueError("level variances need halves=True and at least two points per replicate")
         half = size // 2
